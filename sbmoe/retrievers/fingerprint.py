@@ -1,0 +1,37 @@
+"""Content fingerprints of encoders: what an index or an embedding cache entry was built with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+
+def _module_config(module: torch.nn.Module) -> dict:
+    if hasattr(module, "get_config_dict"):
+        try:
+            return dict(module.get_config_dict())
+        except Exception:  # some modules only describe themselves partially
+            return {}
+    return {}
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """sha256 over the pipeline's module types, their configs, max length and every weight's bytes.
+
+    Two models give the same fingerprint exactly when they compute the same embeddings, whatever
+    name or path they were loaded from; a fine-tuned copy of a model gets a new one.
+    """
+    digest = hashlib.sha256()
+    layout = [(type(m).__name__, _module_config(m)) for m in model]
+    digest.update(json.dumps({"modules": layout, "max_seq_length": model.max_seq_length},
+                             sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

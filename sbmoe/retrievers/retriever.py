@@ -1,0 +1,187 @@
+"""Dense retrieval: encode a corpus (through the embedding cache), index it, search it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
+
+from ..data import BeirDataset
+from ..runs import Run
+from .embedding_cache import CorpusEmbeddingCache, EmbeddingKey
+from .encoder import EncoderConfig, encode_texts, load_encoder, normalizes, pooling_mode
+from .fingerprint import model_fingerprint
+from .index import DenseIndex, IndexMeta
+
+logger = logging.getLogger(__name__)
+
+
+def encode_corpus(
+    model: SentenceTransformer,
+    dataset: BeirDataset,
+    batch_size: int = 64,
+    chunk_size: int = 16384,
+    cache: CorpusEmbeddingCache | None = None,
+    show_progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
+    """Doc ids and float32 embeddings of the whole corpus, in file order.
+
+    The corpus is streamed in chunks (only one chunk's text is held at a time); within a chunk texts
+    are length-sorted. With a cache the result is read back on the next call with the same model.
+    """
+    key = None
+    if cache is not None:
+        key = EmbeddingKey(model_fingerprint(model), dataset.corpus_fingerprint(), model.max_seq_length,
+                           pooling_mode(model))
+        hit = cache.get(key)
+        if hit is not None:
+            logger.info("corpus embeddings for %s read from cache %s", dataset.name, cache.path(key))
+            return hit
+    total = dataset.corpus_size()
+    doc_ids: list[str] = []
+    parts: list[np.ndarray] = []
+    with tqdm(total=total, desc=f"Encoding {dataset.name}", unit="doc", disable=not show_progress) as bar:
+        for chunk in dataset.iter_corpus_chunks(chunk_size):
+            doc_ids.extend(doc.doc_id for doc in chunk)
+            parts.append(encode_texts(model, [doc.as_text() for doc in chunk], batch_size, progress=bar))
+    embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if cache is not None and key is not None:
+        cache.put(key, doc_ids, embeddings)
+    return doc_ids, embeddings
+
+
+def index_meta_for(model: SentenceTransformer, model_name: str, factory: str = "Flat") -> IndexMeta:
+    return IndexMeta(
+        model=model_name,
+        model_fingerprint=model_fingerprint(model),
+        pooling=pooling_mode(model),
+        dim=model.get_embedding_dimension(),
+        normalize=normalizes(model),
+        count=0,
+        max_length=model.max_seq_length,
+        factory=factory,
+    )
+
+
+@dataclass
+class IndexConfig:
+    """Arguments of ``sbmoe index``."""
+
+    dataset: str
+    output: Path
+    encoder: EncoderConfig
+    factory: str = "Flat"
+    use_cache: bool = True
+    overwrite: bool = False
+    show_progress: bool = True
+
+
+def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -> DenseIndex:
+    """Encode ``config.dataset``'s corpus and write a FAISS index folder to ``config.output``."""
+    output = Path(config.output)
+    if output.exists() and not config.overwrite:
+        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
+    dataset = BeirDataset.open(config.dataset)
+    model = model if model is not None else load_encoder(config.encoder)
+    cache = CorpusEmbeddingCache() if config.use_cache else None
+    doc_ids, embeddings = encode_corpus(model, dataset, config.encoder.batch_size, cache=cache,
+                                        show_progress=config.show_progress)
+    meta = index_meta_for(model, config.encoder.model, config.factory)
+    meta.corpus_fingerprint = dataset.corpus_fingerprint()
+    index = DenseIndex.from_embeddings(embeddings, doc_ids, meta)
+    index.save(output, overwrite=config.overwrite)
+    return index
+
+
+class Retriever:
+    """An encoder and an index built with it. ``search`` maps queries to ranked doc ids and scores."""
+
+    def __init__(self, model: SentenceTransformer, index: DenseIndex, batch_size: int = 64) -> None:
+        index.check_encoder(model_fingerprint(model), model.get_embedding_dimension())
+        self.model = model
+        self.index = index
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_index(
+        cls, index_dir: Path, model: SentenceTransformer | EncoderConfig | str | None = None
+    ) -> Retriever:
+        """Open an index folder; the encoder defaults to the one named in its meta.json."""
+        index = DenseIndex.load(Path(index_dir))
+        if model is None:
+            model = EncoderConfig(model=index.meta.model)
+        if isinstance(model, str):
+            model = EncoderConfig(model=model)
+        if isinstance(model, EncoderConfig):
+            batch_size = model.batch_size
+            model = load_encoder(model)
+        else:
+            batch_size = 64
+        return cls(model, index, batch_size)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        model: SentenceTransformer,
+        dataset: BeirDataset,
+        batch_size: int = 64,
+        cache: CorpusEmbeddingCache | None = None,
+        show_progress: bool = True,
+        model_name: str = "model",
+    ) -> Retriever:
+        """An in-memory exact (Flat) index over ``dataset``'s corpus."""
+        doc_ids, embeddings = encode_corpus(model, dataset, batch_size, cache=cache, show_progress=show_progress)
+        index = DenseIndex.from_embeddings(embeddings, doc_ids, index_meta_for(model, model_name))
+        return cls(model, index, batch_size)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(self.model, texts, self.batch_size)
+
+    def search(
+        self, queries: Mapping[str, str] | Sequence[str], k: int = 100, drop_self_hits: bool = False
+    ) -> Run:
+        """Top-``k`` documents for each query as {query id: {doc id: score}}.
+
+        A plain list of query strings gets ids "0", "1", .... With ``drop_self_hits`` a document whose
+        id equals the query id is removed and one more hit is fetched in its place (BEIR's convention).
+        """
+        if not isinstance(queries, Mapping):
+            queries = {str(i): text for i, text in enumerate(queries)}
+        if not queries:
+            return {}
+        qids = list(queries)
+        embeddings = self.encode_queries([queries[q] for q in qids])
+        scores, ids = self.index.search(embeddings, k + 1 if drop_self_hits else k)
+        run: Run = {}
+        for qid, row_scores, row_ids in zip(qids, scores, ids, strict=True):
+            hits = {}
+            for doc_id, score in zip(row_ids, row_scores, strict=False):
+                if drop_self_hits and doc_id == qid:
+                    continue
+                hits[doc_id] = float(score)
+                if len(hits) == k:
+                    break
+            run[qid] = hits
+        return run
+
+
+def dense_system(
+    config: EncoderConfig,
+    use_cache: bool = True,
+    show_progress: bool = True,
+    model: SentenceTransformer | None = None,
+):
+    """A retrieval function for ``evaluate_systems``: exact search with one encoder, loaded once."""
+    model = model if model is not None else load_encoder(config)
+    cache = CorpusEmbeddingCache() if use_cache else None
+
+    def retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
+        retriever = Retriever.from_dataset(model, dataset, config.batch_size, cache, show_progress, config.model)
+        return retriever.search(queries, k, drop_self_hits=dataset.drop_self_hits)
+
+    return retrieve
