@@ -45,6 +45,10 @@ def user_errors(func: F) -> F:
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar; ours stay
 
 
 def encoder_config(model: str, pooling: str | None, max_length: int | None, normalize: bool | None,
