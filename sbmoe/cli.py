@@ -16,6 +16,7 @@ from .evaluation import DEFAULT_METRICS, MetricError, evaluate_systems, format_m
 from .retrievers.encoder import EncoderConfig, ModelLoadError, set_threads
 from .retrievers.index import IndexMismatchError
 from .retrievers.retriever import IndexConfig, Retriever, build_index, dense_system
+from .retrievers.training import MOE_CHOICES, TrainConfig, train
 from .runs import write_trec_run
 
 app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, index, search, evaluate.",
@@ -146,6 +147,46 @@ def evaluate(
     typer.echo(f"model: {model}")
     typer.echo(format_metric_table(report, model))
     typer.echo(f"results: {output_dir / 'eval.json'}")
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the trained sentence-transformers model."),
+    model: str = MODEL,
+    data: str = typer.Option("scifact", help="BEIR dataset (its --split gives queries and positives) or a "
+                             "triples file (.tsv query/positive/negative or .jsonl)."),
+    split: str = typer.Option("train"),
+    moe: str = typer.Option("top1", help=f"SB-MoE inference routing: {' | '.join(MOE_CHOICES)} (none: no head)."),
+    experts: int = typer.Option(6, help="Number of experts E."),
+    latent: int | None = typer.Option(None, help="Expert bottleneck size (default d/2)."),
+    separate_heads: bool = typer.Option(False, "--separate-heads", help="One head for queries, one for documents."),
+    aux_loss_weight: float = typer.Option(0.0, help="Weight of the Switch load-balancing loss."),
+    lr: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    epochs: float = typer.Option(1.0),
+    max_steps: int = typer.Option(-1, help="Stop after this many steps (overrides epochs)."),
+    max_length: int = typer.Option(256, "--max-length"),
+    temperature: float | None = typer.Option(None, help="Softmax temperature (default 1, or 0.05 for "
+                                             "L2-normalized models)."),
+    seed: int = typer.Option(42),
+    freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the head, on cached "
+                                        "base embeddings."),
+    dev_fraction: float = typer.Option(0.1, help="Share of training queries held out for dev nDCG@10."),
+    eval_steps: int | None = typer.Option(None, help="Evaluate and checkpoint every N steps (default: each epoch)."),
+    patience: int | None = typer.Option(None, help="Early stopping after N evaluations without improvement."),
+    threads: int | None = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Fine-tune an encoder with (or without) the SB-MoE head; rerun the same command to resume."""
+    set_threads(threads)
+    config = TrainConfig(model=model, output=output, data=data, split=split, moe=moe, experts=experts,
+                         latent=latent, separate_heads=separate_heads, aux_loss_weight=aux_loss_weight, lr=lr,
+                         batch_size=batch_size, epochs=epochs, max_steps=max_steps, max_length=max_length,
+                         temperature=temperature, seed=seed, freeze_encoder=freeze_encoder,
+                         dev_fraction=dev_fraction, eval_steps=eval_steps, patience=patience,
+                         show_progress=sys.stderr.isatty(), overwrite=overwrite)
+    typer.echo(f"saved {train(config)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,147 @@
+"""Router, expert bank and SB-MoE head against a naive per-sample loop in float64; aux loss by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+
+from sbmoe.moe.experts import ExpertBank
+from sbmoe.moe.router import NoisyTopKRouter, router_z_loss, switch_load_balancing_loss
+from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder
+from sbmoe.retrievers.sbmoe_head import SBMoEHead
+from sbmoe.retrievers.training import with_head
+
+DIM, EXPERTS, N = 12, 5, 9
+
+
+def naive_head(head: SBMoEHead, x: torch.Tensor, mode: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's maths written out one sample and one expert at a time."""
+    gate = head.router.gate
+    outputs = []
+    for n in range(x.shape[0]):
+        v = x[n]
+        logits = gate[2](torch.relu(gate[0](v)))
+        if noise is not None:
+            logits = logits + noise[n] * F.softplus(head.router.noise(v))
+        probs = torch.softmax(logits, dim=-1)
+        if mode == "top1":
+            best = int(torch.argmax(probs))
+            weights = [probs[e] if e == best else 0.0 for e in range(EXPERTS)]
+        else:
+            weights = [probs[e] for e in range(EXPERTS)]
+        mixed = sum(weights[e] * head.experts.expert(e, v) for e in range(EXPERTS))
+        outputs.append(mixed / mixed.norm() + v)
+    return torch.stack(outputs)
+
+
+@pytest.fixture
+def head() -> SBMoEHead:
+    torch.manual_seed(0)
+    return SBMoEHead(DIM, EXPERTS).double()
+
+
+@pytest.mark.parametrize("mode", ["top1", "all"])
+def test_head_inference_equals_naive_loop(head: SBMoEHead, mode: str) -> None:
+    head.mode = mode
+    head.eval()
+    x = torch.randn(N, DIM, dtype=torch.float64)
+    got = head({"sentence_embedding": x.clone()})["sentence_embedding"]
+    torch.testing.assert_close(got, naive_head(head, x, mode), rtol=1e-10, atol=1e-10)
+
+
+def test_head_training_is_noisy_top1_equal_to_naive_loop(head: SBMoEHead) -> None:
+    head.mode = "all"  # training routes top-1 whatever the inference mode
+    head.train()
+    x = torch.randn(N, DIM, dtype=torch.float64)
+    torch.manual_seed(7)
+    got = head({"sentence_embedding": x.clone()})["sentence_embedding"]
+    torch.manual_seed(7)
+    noise = torch.randn(N, EXPERTS, dtype=torch.float64)  # the same draw randn_like makes
+    torch.testing.assert_close(got, naive_head(head, x, "top1", noise), rtol=1e-10, atol=1e-10)
+
+
+def test_random_mode_uses_exactly_one_expert_with_weight_one(head: SBMoEHead) -> None:
+    head.mode = "random"
+    head.eval()
+    head.router.mode = head.routing_mode()
+    routed = head.router(torch.randn(200, DIM, dtype=torch.float64))
+    assert torch.equal(routed.weights.sum(1), torch.ones(200, dtype=torch.float64))
+    assert ((routed.weights > 0).sum(1) == 1).all()
+    assert len(torch.unique(routed.indices)) == EXPERTS  # all experts drawn over 200 samples
+
+
+def test_topk_renormalized_router_equals_loop() -> None:
+    torch.manual_seed(1)
+    router = NoisyTopKRouter(DIM, EXPERTS, mode="topk", top_k=2, renormalize=True).double()
+    x = torch.randn(N, DIM, dtype=torch.float64)
+    out = router(x)
+    for n in range(N):
+        probs = torch.softmax(router.gate(x[n]), -1)
+        top = sorted(range(EXPERTS), key=lambda e: -float(probs[e]))[:2]
+        for e in range(EXPERTS):
+            expected = probs[e] / (probs[top[0]] + probs[top[1]]) if e in top else 0.0
+            assert float(out.weights[n, e]) == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_candidate_mask_hides_experts() -> None:
+    router = NoisyTopKRouter(DIM, EXPERTS, mode="all").double()
+    mask = torch.tensor([True, False, True, False, False])
+    out = router(torch.randn(N, DIM, dtype=torch.float64), candidate_mask=mask)
+    assert torch.all(out.weights[:, ~mask] == 0)
+    torch.testing.assert_close(out.weights.sum(1), torch.ones(N, dtype=torch.float64))
+
+
+def test_switch_loss_and_z_loss_equal_hand_computation() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]])
+    indices = torch.tensor([[0], [1], [0], [2]])
+    # f = (2/4, 1/4, 1/4); P = column means (0.375, 0.3125, 0.3125)
+    expected = 3 * (0.5 * 0.375 + 0.25 * 0.3125 + 0.25 * 0.3125)
+    assert float(switch_load_balancing_loss(probs, indices, 3)) == pytest.approx(expected, abs=1e-7)
+    logits = torch.tensor([[0.0, 1.0], [2.0, -1.0]])
+    z = [math.log(math.exp(0) + math.exp(1)) ** 2, math.log(math.exp(2) + math.exp(-1)) ** 2]
+    assert float(router_z_loss(logits)) == pytest.approx(sum(z) / 2, abs=1e-6)
+
+
+def test_usage_counters_read_and_reset() -> None:
+    router = NoisyTopKRouter(DIM, EXPERTS, mode="top1")
+    out = router(torch.randn(40, DIM))
+    expected = torch.bincount(out.indices.reshape(-1), minlength=EXPERTS).double() / 40
+    torch.testing.assert_close(router.usage(), expected)
+    p = expected[expected > 0]
+    assert router.usage_entropy() == pytest.approx(float(-(p * p.log()).sum()))
+    router.reset_usage()
+    assert router.usage_counts.sum() == 0 and router.usage_entropy() == pytest.approx(math.log(EXPERTS))
+
+
+def test_expert_bank_equals_per_expert_loop_with_gradients() -> None:
+    torch.manual_seed(2)
+    bank = ExpertBank(EXPERTS, DIM, 6).double()
+    x = torch.randn(N, DIM, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(N, EXPERTS, dtype=torch.float64), -1)
+    batched = bank(x, weights)
+    looped = sum(weights[:, e:e + 1] * bank.expert(e, x) for e in range(EXPERTS))
+    torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-12)
+    g1 = torch.autograd.grad(batched.sum(), [x, bank.w1])
+    g2 = torch.autograd.grad(looped.sum(), [x, bank.w1])
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_saved_model_loads_in_sentence_transformers_with_same_embeddings(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    base = load_encoder(EncoderConfig(model=str(tiny_bert_dir), normalize=True))
+    model = with_head(base, SBMoEHead(32, num_experts=4, mode="all"))
+    model.eval()
+    texts = ["one query", "a longer document about proteins and cells", ""]
+    ours = encode_texts(model, texts)
+    model.save(str(tmp_path / "m"))
+    loaded = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert [type(m).__name__ for m in loaded] == ["Transformer", "Pooling", "SBMoEHead", "Normalize"]
+    np.testing.assert_allclose(loaded.encode(texts), ours, atol=1e-6)
+    np.testing.assert_allclose(encode_texts(loaded, texts), ours, atol=1e-6)
