@@ -142,6 +142,8 @@ def main() -> None:
                     records.append({"arm": arm, "dataset": rec.dataset, "seed": seed, **rec.metrics, **train_info})
                     print(f"{arm:<11} seed={seed} {rec.dataset:<10} nDCG@10={rec.metrics['nDCG@10']:.4f} "
                           f"R@100={rec.metrics['R@100']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                write_json(RESULTS / "sbmoe_vs_base.json", {"partial": True, "settings": vars(args),
+                                                             "records": records})
                 if arm != "base":
                     shutil.rmtree(workdir / f"{arm}-{seed}", ignore_errors=True)
                     shutil.rmtree(workdir / f"{arm}-{seed}-checkpoints", ignore_errors=True)
@@ -152,7 +154,7 @@ def main() -> None:
     table = markdown(records, dataset_names, arms, args.model, args_line)
     print("\n" + table)
     write_json(RESULTS / "sbmoe_vs_base.json", {
-        "model": args.model, "train_data": args.train_data, "arms": arms, "seeds": seeds,
+        "partial": False, "model": args.model, "train_data": args.train_data, "arms": arms, "seeds": seeds,
         "settings": vars(args), "records": records,
         "total_seconds": round(time.perf_counter() - started, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",

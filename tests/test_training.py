@@ -57,7 +57,7 @@ def test_loss_falls_and_log_has_dev_ndcg_and_usage_entropy(tiny_bert_dir: Path, 
     assert any("eval_dev_dot_ndcg@10" in r for r in records)
     entropies = [r["expert_usage_entropy"][0] for r in records if "expert_usage_entropy" in r]
     assert entropies and all(0.0 <= e <= torch.log(torch.tensor(4.0)) + 1e-6 for e in entropies)
-    loaded = SentenceTransformer(str(out), device="cpu")
+    loaded = SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
     assert [type(m).__name__ for m in loaded] == ["Transformer", "Pooling", "SBMoEHead"]
     summary = json.loads((out / "sbmoe_train.json").read_text())
     assert summary["best_dev_ndcg10"] is not None
@@ -101,7 +101,7 @@ def test_head_only_training_keeps_the_encoder_and_saves_a_full_model(tiny_bert_d
                                                                       tmp_path: Path) -> None:
     out = train(config_for(tiny_bert_dir, triples_file, tmp_path / "h", freeze_encoder=True, moe="all",
                            epochs=2))
-    model = SentenceTransformer(str(out), device="cpu")
+    model = SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
     assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "SBMoEHead"]
     base = load_file(str(tiny_bert_dir / "model.safetensors"))
     trained = load_file(str(out / "model.safetensors"))

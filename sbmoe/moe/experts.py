@@ -11,9 +11,9 @@ from torch import Tensor, nn
 class ExpertBank(nn.Module):
     """E experts Linear(d, h) -> ReLU -> Linear(h, d), weights stacked as (E, d, h) and (E, h, d).
 
-    ``forward`` evaluates every expert on every input with two einsums (no Python loop over experts) and
-    mixes them with dense routing weights; for the single pooled vector SB-MoE routes, computing all
-    E experts costs less than gathering per-sample weights.
+    ``forward`` evaluates every expert on every input with two batched matmuls whose bias adds are fused
+    (``baddbmm``; no Python loop over experts) and mixes them with dense routing weights; for the single
+    pooled vector SB-MoE routes, computing all E experts costs less than gathering per-sample weights.
     """
 
     def __init__(self, num_experts: int, dim: int, hidden: int) -> None:
@@ -33,13 +33,14 @@ class ExpertBank(nn.Module):
             nn.init.uniform_(bias, -bound, bound)
 
     def all_experts(self, x: Tensor) -> Tensor:
-        """(N, d) -> (N, E, d): every expert's output for every input."""
-        hidden = torch.relu(torch.einsum("nd,edh->neh", x, self.w1) + self.b1)
-        return torch.einsum("neh,ehd->ned", hidden, self.w2) + self.b2
+        """(N, d) -> (E, N, d): every expert's output for every input."""
+        stacked = x.unsqueeze(0).expand(self.num_experts, -1, -1)
+        hidden = torch.relu(torch.baddbmm(self.b1.unsqueeze(1), stacked, self.w1))
+        return torch.baddbmm(self.b2.unsqueeze(1), hidden, self.w2)
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         """sum_e weights[n, e] * expert_e(x[n]) for routing weights (N, E)."""
-        return torch.einsum("ne,ned->nd", weights, self.all_experts(x))
+        return torch.einsum("ne,end->nd", weights, self.all_experts(x))
 
     def expert(self, index: int, x: Tensor) -> Tensor:
         """One expert on its own (reference paths and the per-expert-loop benchmark)."""

@@ -38,10 +38,11 @@ class EmbeddingTable(InputModule):
             rows = [self.rows[text] for text in inputs]
         except KeyError as exc:
             raise KeyError(f"text not in the embedding table: {str(exc)[:80]}") from None
-        return {"rows": torch.tensor(rows, dtype=torch.long), "modality": "text"}
+        # named input_ids so that the trainer, which collects feature columns by that suffix, sees it
+        return {"input_ids": torch.tensor(rows, dtype=torch.long), "modality": "text"}
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        features["sentence_embedding"] = self.table(features["rows"].to(self.table.weight.device))
+        features["sentence_embedding"] = self.table(features["input_ids"].to(self.table.weight.device))
         return features
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:

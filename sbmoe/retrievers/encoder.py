@@ -103,6 +103,23 @@ def _set_normalize(model: SentenceTransformer, normalize: bool) -> None:
             model.add_module(str(index), module)
 
 
+def needs_sbmoe_code(path: str) -> bool:
+    """True when a local model's modules.json names sbmoe's own modules (an SB-MoE head).
+
+    sentence-transformers >= 6 imports module classes outside its own namespace only with
+    ``trust_remote_code=True``. For these folders the code in question is the installed sbmoe package that
+    is loading them, so sbmoe passes the flag; any other third-party class still needs the user's consent.
+    """
+    modules_file = Path(path) / "modules.json"
+    if not modules_file.is_file():
+        return False
+    import json
+
+    types = [entry.get("type", "") for entry in json.loads(modules_file.read_text(encoding="utf-8"))]
+    custom = [t for t in types if not t.startswith("sentence_transformers.")]
+    return bool(custom) and all(t.startswith("sbmoe.") for t in custom)
+
+
 def load_encoder(config: EncoderConfig) -> SentenceTransformer:
     """Load ``config.model`` (alias, hub id, or local path) and apply explicit overrides.
 
@@ -117,7 +134,8 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         if is_local and not (Path(target) / "modules.json").is_file():
             model = _plain_hf_encoder(target, config)
         else:
-            model = SentenceTransformer(target, device=config.device or "cpu")
+            model = SentenceTransformer(target, device=config.device or "cpu",
+                                        trust_remote_code=is_local and needs_sbmoe_code(target))
     except (OSError, ValueError) as exc:
         offline = ", ".join(offline_models()) or "none"
         raise ModelLoadError(

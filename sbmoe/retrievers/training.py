@@ -274,7 +274,7 @@ def train(config: TrainConfig) -> Path:
     """Train, keep the best dev checkpoint, and write the final sentence-transformers folder."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     if config.moe not in MOE_CHOICES:
         raise ValueError(f"unknown --moe {config.moe!r}; choose one of {', '.join(MOE_CHOICES)}")
