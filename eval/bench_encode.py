@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sbmoe.data import BeirDataset
 
 from sbmoe.atomic import write_json
+from sbmoe.data import BeirDataset
 from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder, set_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from sbmoe.data import BeirDataset
 from torch import Tensor, nn
 
 from sbmoe.atomic import write_json
+from sbmoe.data import BeirDataset
 from sbmoe.moe.experts import ExpertBank
 from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder
 from sbmoe.retrievers.sbmoe_head import SBMoEHead

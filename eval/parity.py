@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
-from sbmoe.data import BeirDataset
 
 from sbmoe.atomic import write_json
+from sbmoe.data import BeirDataset
 from sbmoe.evaluation import evaluate_systems
 from sbmoe.retrievers.encoder import EncoderConfig, resolve_model_name
 from sbmoe.retrievers.retriever import dense_system

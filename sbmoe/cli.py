@@ -12,10 +12,20 @@ from typing import Any, TypeVar
 import typer
 
 from .data import BeirDataset, DataFormatError, DatasetNotFoundError, read_queries
-from .evaluation import DEFAULT_METRICS, MetricError, evaluate_systems, format_metric_table
+from .evaluation import (
+    DEFAULT_METRICS,
+    MetricError,
+    evaluate_systems,
+    format_leaderboard,
+    format_metric_table,
+    write_leaderboard,
+)
+from .fusion import FUSIONS, fuse
+from .retrievers.bm25 import BM25Config, BM25UnavailableError, LuceneBM25, bm25_system
 from .retrievers.encoder import EncoderConfig, ModelLoadError, set_threads
-from .retrievers.index import IndexMismatchError
+from .retrievers.index import IndexMismatchError, factory_string
 from .retrievers.retriever import IndexConfig, Retriever, build_index, dense_system
+from .retrievers.shards import ShardError
 from .retrievers.training import MOE_CHOICES, TrainConfig, train
 from .runs import write_trec_run
 
@@ -23,7 +33,7 @@ app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, ind
                   no_args_is_help=True, add_completion=False)
 
 USER_ERRORS = (DataFormatError, DatasetNotFoundError, ModelLoadError, IndexMismatchError, MetricError,
-               FileExistsError, FileNotFoundError, ValueError)
+               ShardError, BM25UnavailableError, FileExistsError, FileNotFoundError, ValueError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +60,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar; ours stay
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def encoder_config(model: str, pooling: str | None, max_length: int | None, normalize: bool | None,
@@ -80,14 +94,34 @@ def index(
     batch_size: int = BATCH,
     device: str | None = DEVICE,
     threads: int | None = THREADS,
-    factory: str = typer.Option("Flat", help="faiss index-factory string."),
+    index_type: str = typer.Option("flat", "--index-type", help="flat | hnsw | ivf | ivfpq"),
+    factory: str | None = typer.Option(None, help="A raw faiss index-factory string (overrides --index-type)."),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW graph degree M."),
+    ef_construction: int | None = typer.Option(None, "--ef-construction", help="HNSW build-time beam."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW search-time beam (stored)."),
+    nlist: int = typer.Option(1024, help="IVF lists."),
+    nprobe: int | None = typer.Option(None, help="IVF lists searched (stored)."),
+    pq_m: int = typer.Option(48, "--pq-m", help="PQ sub-quantizers (must divide the dimension)."),
+    chunk_size: int = typer.Option(50_000, "--chunk-size", help="Documents per on-disk shard."),
+    shard_dtype: str = typer.Option("float32", "--shard-dtype", help="float32 | float16"),
+    devices: str | None = typer.Option(None, help="Encode on several devices: cuda:0,cuda:1 or cpu,cpu."),
+    keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep <output>.shards after success."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
 ) -> None:
-    """Encode a corpus into a FAISS index folder (index.faiss, doc_ids.txt, meta.json)."""
+    """Encode a corpus into a FAISS index folder (index.faiss, doc_ids.txt, meta.json).
+
+    Encoding streams the corpus into shards beside the output; rerun the same command after a kill and
+    it resumes from the last complete shard.
+    """
     set_threads(threads)
-    config = IndexConfig(dataset=dataset, output=output, factory=factory, use_cache=not no_cache,
-                         overwrite=overwrite,
+    build_params = {"efConstruction": ef_construction} if ef_construction else {}
+    search_params = {k: v for k, v in (("efSearch", ef_search), ("nprobe", nprobe)) if v is not None}
+    config = IndexConfig(dataset=dataset, output=output,
+                         factory=factory or factory_string(index_type, hnsw_m, nlist, pq_m),
+                         build_params=build_params, search_params=search_params, chunk_size=chunk_size,
+                         shard_dtype=shard_dtype, devices=tuple(split_list(devices)), keep_shards=keep_shards,
+                         use_cache=not no_cache, overwrite=overwrite,
                          encoder=encoder_config(model, pooling, max_length, normalize, batch_size, device))
     built = build_index(config)
     typer.echo(f"indexed {built.meta.count} documents ({built.meta.dim}-d, {built.meta.factory}) -> {output}")
@@ -102,20 +136,17 @@ def search(
     k: int = typer.Option(100, "-k", help="Hits per query."),
     split: str | None = typer.Option(None, help="With a dataset name: the qrels split whose queries to run."),
     model: str | None = typer.Option(None, "--model", "-m", help="Encoder (default: the one in meta.json)."),
+    nprobe: int | None = typer.Option(None, help="IVF lists to search (overrides meta.json)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW search beam (overrides meta.json)."),
     batch_size: int = BATCH,
     threads: int | None = THREADS,
 ) -> None:
     """Search an index with a queries file or a dataset's queries; write a TREC run."""
     set_threads(threads)
-    drop_self_hits = False
-    if Path(queries).is_file():
-        query_texts = read_queries(Path(queries))
-    else:
-        dataset = BeirDataset.open(queries)
-        query_texts, _ = dataset.load_split(split)
-        drop_self_hits = dataset.drop_self_hits
+    query_texts, drop_self_hits = load_query_texts(queries, split)
     retriever = Retriever.from_index(index_dir, EncoderConfig(model=model, batch_size=batch_size) if model else None)
     retriever.batch_size = batch_size
+    retriever.index.apply_search_params({k: v for k, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v})
     run = retriever.search(query_texts, k=k, drop_self_hits=drop_self_hits)
     write_trec_run(run, output, tag=f"sbmoe-{Path(retriever.index.meta.model).name}")
     typer.echo(f"searched {len(run)} queries -> {output}")
@@ -124,11 +155,15 @@ def search(
 @app.command("eval")
 @user_errors
 def evaluate(
-    model: str = MODEL,
+    model: str = typer.Option("minilm", "--model", "-m", help="Encoder(s), comma-separated: each is a system."),
     datasets: str = typer.Option("scifact", "--datasets", "-d", help="Comma-separated dataset names or folders."),
     metrics: str = typer.Option(",".join(DEFAULT_METRICS), help="Comma-separated ir-measures names."),
+    bm25: bool = typer.Option(False, "--bm25", help="Add Lucene BM25 (pyserini) as a system."),
+    hybrid: str | None = typer.Option(None, help="Fuse the first model with this system (bm25 or a model)."),
+    fusion: str = typer.Option("rrf", help=f"Hybrid fusion: {' | '.join(FUSIONS)}."),
+    alpha: float = typer.Option(0.5, help="Convex fusion weight of the first model."),
     split: str | None = typer.Option(None, help="qrels split (default: the dataset's test split)."),
-    output_dir: Path = typer.Option(Path("results"), "--output-dir", help="Where runs and eval.json go."),
+    output_dir: Path = typer.Option(Path("results"), "--output-dir", help="Where runs, JSON, markdown and PNG go."),
     pooling: str | None = POOLING,
     max_length: int | None = MAX_LENGTH,
     normalize: bool | None = NORMALIZE,
@@ -137,16 +172,83 @@ def evaluate(
     threads: int | None = THREADS,
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
 ) -> None:
-    """Zero-shot evaluation on BEIR datasets: prints a datasets x metrics table, writes runs and JSON."""
+    """Zero-shot evaluation on BEIR datasets: one table per system, and a leaderboard when several run."""
     set_threads(threads)
-    metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
-    dataset_names = [d.strip() for d in datasets.split(",") if d.strip()]
-    config = encoder_config(model, pooling, max_length, normalize, batch_size, device)
-    systems = {model: dense_system(config, use_cache=not no_cache, show_progress=sys.stderr.isatty())}
+    metric_names, dataset_names, models = split_list(metrics), split_list(datasets), split_list(model)
+    progress = sys.stderr.isatty()
+    runs: dict[tuple[str, str], dict] = {}
+
+    def memoized(name: str, retrieve):
+        def run(dataset, queries, k):
+            if (name, dataset.name) not in runs:
+                runs[(name, dataset.name)] = retrieve(dataset, queries, k)
+            return runs[(name, dataset.name)]
+        return run
+
+    def dense(name: str):
+        config = encoder_config(name, pooling, max_length, normalize, batch_size, device)
+        return memoized(name, dense_system(config, use_cache=not no_cache, show_progress=progress))
+
+    systems = {name: dense(name) for name in models}
+    if bm25 or hybrid == "bm25":
+        systems["bm25"] = memoized("bm25", bm25_system(BM25Config(threads=threads or 2)))
+    if hybrid:
+        other = systems.get(hybrid) or dense(hybrid)
+        first = systems[models[0]]
+        systems[f"{models[0]}+{hybrid}:{fusion}"] = lambda ds, q, k: fuse(first(ds, q, k), other(ds, q, k),
+                                                                         fusion, alpha, depth=k)
     report = evaluate_systems(systems, dataset_names, metric_names, split, output_dir)
-    typer.echo(f"model: {model}")
-    typer.echo(format_metric_table(report, model))
-    typer.echo(f"results: {output_dir / 'eval.json'}")
+    for name in systems:
+        typer.echo(f"\nsystem: {name}\n{format_metric_table(report, name)}")
+    if len(systems) > 1:
+        typer.echo(f"\nleaderboard ({metric_names[0]})\n{format_leaderboard(report, metric_names[0])}")
+        write_leaderboard(report, metric_names[0], output_dir)
+    typer.echo(f"\nresults: {output_dir / 'eval.json'}")
+
+
+bm25_app = typer.Typer(help="Lucene BM25 through pyserini (k1 0.9, b 0.4), the BEIR reference baseline.",
+                       no_args_is_help=True)
+app.add_typer(bm25_app, name="bm25")
+
+
+@bm25_app.command("index")
+@user_errors
+def bm25_index(
+    dataset: str = typer.Argument(..., help="Dataset name or BEIR folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Lucene index folder to create."),
+    threads: int = typer.Option(2, "--threads"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Build a Lucene index of title + text."""
+    LuceneBM25.build(BeirDataset.open(dataset), output, threads, overwrite)
+    typer.echo(f"indexed {dataset} -> {output}")
+
+
+@bm25_app.command("search")
+@user_errors
+def bm25_search(
+    index_dir: Path = typer.Option(..., "--index", "-i"),
+    queries: str = typer.Option(..., "--queries", "-q", help="Queries file (.jsonl or .tsv) or dataset name."),
+    output: Path = typer.Option(..., "--output", "-o", help="TREC run file to write."),
+    k: int = typer.Option(100, "-k"),
+    split: str | None = typer.Option(None),
+    k1: float = typer.Option(0.9),
+    b: float = typer.Option(0.4),
+    threads: int = typer.Option(2, "--threads"),
+) -> None:
+    """Search a Lucene index; write a TREC run."""
+    query_texts, drop_self_hits = load_query_texts(queries, split)
+    run = LuceneBM25(index_dir, BM25Config(k1=k1, b=b, threads=threads)).search(query_texts, k, drop_self_hits)
+    write_trec_run(run, output, tag="bm25")
+    typer.echo(f"searched {len(run)} queries -> {output}")
+
+
+def load_query_texts(queries: str, split: str | None) -> tuple[dict[str, str], bool]:
+    """Queries from a file, or a dataset's judged queries (then BEIR's self-hit rule applies)."""
+    if Path(queries).is_file():
+        return read_queries(Path(queries)), False
+    dataset = BeirDataset.open(queries)
+    return dataset.load_split(split)[0], dataset.drop_self_hits
 
 
 @app.command("train")

@@ -12,7 +12,7 @@ from pathlib import Path
 import ir_measures
 
 from . import __version__
-from .atomic import write_json
+from .atomic import atomic_file, write_json
 from .data import BeirDataset
 from .runs import Run, write_trec_run
 
@@ -160,3 +160,32 @@ def evaluate_systems(
     if output_dir is not None:
         write_json(Path(output_dir) / "eval.json", report.to_json())
     return report
+
+
+def write_leaderboard(report: EvalReport, metric: str, output_dir: Path) -> None:
+    """``leaderboard.md`` (the leaderboard and one table per system) and ``leaderboard.png`` (bars)."""
+    output_dir = Path(output_dir)
+    parts = [f"# Leaderboard: {metric}", "", format_leaderboard(report, metric, markdown=True), ""]
+    for system in report.systems():
+        parts += [f"## {system}", "", format_metric_table(report, system, markdown=True), ""]
+    with atomic_file(output_dir / "leaderboard.md") as handle:
+        handle.write("\n".join(parts))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems, datasets = report.systems(), report.datasets()
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(datasets) * len(systems) ** 0.5), 3.6))
+    width = 0.8 / len(systems)
+    for i, system in enumerate(systems):
+        values = [report.value(system, d, metric) or 0.0 for d in datasets]
+        ax.bar([x + i * width for x in range(len(datasets))], values, width, label=system)
+    ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(datasets))], datasets)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(output_dir / "leaderboard.png", "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)

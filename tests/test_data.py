@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from sbmoe.data import BeirDataset, DataFormatError, DatasetNotFoundError, read_queries, registry, resolve_dataset
 
 

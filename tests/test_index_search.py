@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sbmoe.data import BeirDataset
 
+from sbmoe.data import BeirDataset
 from sbmoe.retrievers import retriever as retriever_module
 from sbmoe.retrievers.embedding_cache import CorpusEmbeddingCache
 from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from sbmoe.data import DataFormatError
 from sentence_transformers import SentenceTransformer
 
+from sbmoe.data import DataFormatError
 from sbmoe.retrievers import training
 from sbmoe.retrievers.training import TrainConfig, read_triples, train
 

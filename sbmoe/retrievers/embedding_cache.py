@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,9 +54,23 @@ class CorpusEmbeddingCache:
     def put(self, key: EmbeddingKey, doc_ids: list[str], embeddings: np.ndarray) -> Path:
         if embeddings.shape[0] != len(doc_ids):
             raise ValueError(f"{embeddings.shape[0]} embeddings for {len(doc_ids)} doc ids")
+        return self.put_stream(key, [(doc_ids, embeddings)], len(doc_ids), embeddings.shape[1])
+
+    def put_stream(self, key: EmbeddingKey, parts: Iterable[tuple[list[str], np.ndarray]], rows: int,
+                   dim: int) -> Path:
+        """Write an entry from (doc ids, embeddings) parts, one part in memory at a time."""
         folder = self.path(key)
         with atomic_dir(folder, overwrite=True) as tmp:
-            np.save(tmp / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float32))
-            (tmp / "doc_ids.txt").write_text("".join(f"{d}\n" for d in doc_ids), encoding="utf-8")
+            out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
+            offset = 0
+            with open(tmp / "doc_ids.txt", "w", encoding="utf-8") as ids_file:
+                for doc_ids, embeddings in parts:
+                    out[offset:offset + len(doc_ids)] = embeddings
+                    offset += len(doc_ids)
+                    ids_file.write("".join(f"{d}\n" for d in doc_ids))
+            if offset != rows:
+                raise ValueError(f"{offset} embeddings written for {rows} expected rows")
+            out.flush()
+            del out
             (tmp / "key.json").write_text(json.dumps(asdict(key), indent=2), encoding="utf-8")
         return folder

@@ -39,6 +39,7 @@ class IndexMeta:
     max_length: int | None = None
     factory: str = "Flat"
     metric: str = "ip"
+    build_params: dict[str, Any] = field(default_factory=dict)
     search_params: dict[str, Any] = field(default_factory=dict)
     corpus_fingerprint: str | None = None
     sbmoe_version: str = __version__
@@ -56,6 +57,15 @@ class IndexMeta:
         if missing:
             raise IndexMismatchError(f"{path}: missing keys {sorted(missing)}")
         return cls(**known)
+
+
+def factory_string(kind: str, hnsw_m: int = 32, nlist: int = 1024, pq_m: int = 48, pq_bits: int = 8) -> str:
+    """faiss index-factory strings for the index types sbmoe names: flat, hnsw, ivf, ivfpq."""
+    factories = {"flat": "Flat", "hnsw": f"HNSW{hnsw_m},Flat", "ivf": f"IVF{nlist},Flat",
+                 "ivfpq": f"IVF{nlist},PQ{pq_m}x{pq_bits}"}
+    if kind not in factories:
+        raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(factories)}")
+    return factories[kind]
 
 
 class DenseIndex:
@@ -78,12 +88,26 @@ class DenseIndex:
         if len(doc_ids) == 0:
             raise ValueError("cannot build an index over an empty corpus")
         index = faiss.index_factory(meta.dim, meta.factory, faiss.METRIC_INNER_PRODUCT)
+        cls.apply_build_params(index, meta.build_params)
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if not index.is_trained:
             index.train(vectors)
         index.add(vectors)
         meta.count = len(doc_ids)
-        return cls(index, list(doc_ids), meta)
+        built = cls(index, list(doc_ids), meta)
+        built.apply_search_params(meta.search_params)
+        return built
+
+    @staticmethod
+    def apply_build_params(index: faiss.Index, params: dict[str, Any]) -> None:
+        """Build-time parameters faiss's ParameterSpace does not set (HNSW's efConstruction)."""
+        for name, value in params.items():
+            if name != "efConstruction":
+                raise ValueError(f"unknown index build parameter {name!r}")
+            hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+            if hnsw is None:
+                raise ValueError(f"efConstruction applies to HNSW indexes, not {type(index).__name__}")
+            hnsw.efConstruction = int(value)
 
     def save(self, path: Path, overwrite: bool = False) -> Path:
         """Write the three files into a temporary folder and rename it to ``path``."""
@@ -125,7 +149,11 @@ class DenseIndex:
         if params:
             space = faiss.ParameterSpace()
             for name, value in params.items():
-                space.set_index_parameter(self.index, name, value)
+                try:
+                    space.set_index_parameter(self.index, name, value)
+                except RuntimeError as exc:
+                    raise ValueError(f"search parameter {name!r} does not apply to {self.meta.factory} "
+                                     f"indexes") from exc
             self.meta.search_params = {**self.meta.search_params, **params}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
