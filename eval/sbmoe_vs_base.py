@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--train-max-length", type=int, default=128)
     parser.add_argument("--dev-distractors", type=int, default=300)
+    parser.add_argument("--time-budget-min", type=float, default=None,
+                        help="Start no run that the last run's duration says would end past this budget.")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     datasets = [d for d in args.datasets.split(",") if d]
@@ -122,39 +124,50 @@ def main() -> None:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="sbmoe-vs-base-"))
     try:
-        for arm in arms:
-            for seed in ([None] if arm == "base" else seeds):
-                t0 = time.perf_counter()
-                if arm == "base":
-                    model_ref, train_info = args.model, {}
-                else:
-                    out = workdir / f"{arm}-{seed}"
-                    config = TrainConfig(model=args.model, output=out, data=args.train_data, seed=seed,
-                                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                         max_length=args.train_max_length, dev_distractors=args.dev_distractors,
-                                         show_progress=False, **ARMS[arm])
-                    train(config)
-                    model_ref, train_info = str(out), {"train_seconds": round(time.perf_counter() - t0, 1)}
-                system = dense_system(EncoderConfig(model=model_ref, max_length=256), use_cache=arm == "base",
-                                      show_progress=False)
-                report = evaluate_systems({arm: system}, datasets, METRICS)
-                for rec in report.records:
-                    records.append({"arm": arm, "dataset": rec.dataset, "seed": seed, **rec.metrics, **train_info})
-                    print(f"{arm:<11} seed={seed} {rec.dataset:<10} nDCG@10={rec.metrics['nDCG@10']:.4f} "
-                          f"R@100={rec.metrics['R@100']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-                write_json(RESULTS / "sbmoe_vs_base.json", {"partial": True, "settings": vars(args),
-                                                             "records": records})
-                if arm != "base":
-                    shutil.rmtree(workdir / f"{arm}-{seed}", ignore_errors=True)
-                    shutil.rmtree(workdir / f"{arm}-{seed}-checkpoints", ignore_errors=True)
+        # seed-major order: every finished seed is a complete comparison, so a cut-short run stays usable
+        plan = [("base", None)] if "base" in arms else []
+        plan += [(arm, seed) for seed in seeds for arm in arms if arm != "base"]
+        last_run = 0.0
+        skipped: list[str] = []
+        for arm, seed in plan:
+            t0 = time.perf_counter()
+            if args.time_budget_min and (t0 - started + last_run) / 60 > args.time_budget_min:
+                skipped.append(f"{arm}/seed {seed}")
+                continue
+            if arm == "base":
+                model_ref, train_info = args.model, {}
+            else:
+                out = workdir / f"{arm}-{seed}"
+                config = TrainConfig(model=args.model, output=out, data=args.train_data, seed=seed,
+                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                     max_length=args.train_max_length, dev_distractors=args.dev_distractors,
+                                     show_progress=False, **ARMS[arm])
+                train(config)
+                model_ref, train_info = str(out), {"train_seconds": round(time.perf_counter() - t0, 1)}
+            system = dense_system(EncoderConfig(model=model_ref, max_length=256), use_cache=arm == "base",
+                                  show_progress=False)
+            report = evaluate_systems({arm: system}, datasets, METRICS)
+            for rec in report.records:
+                records.append({"arm": arm, "dataset": rec.dataset, "seed": seed, **rec.metrics, **train_info})
+                print(f"{arm:<11} seed={seed} {rec.dataset:<10} nDCG@10={rec.metrics['nDCG@10']:.4f} "
+                      f"R@100={rec.metrics['R@100']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            write_json(RESULTS / "sbmoe_vs_base.json", {"partial": True, "settings": vars(args),
+                                                         "records": records})
+            if arm != "base":
+                shutil.rmtree(workdir / f"{arm}-{seed}", ignore_errors=True)
+                shutil.rmtree(workdir / f"{arm}-{seed}-checkpoints", ignore_errors=True)
+            last_run = time.perf_counter() - t0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     dataset_names = list(dict.fromkeys(r["dataset"] for r in records))
     table = markdown(records, dataset_names, arms, args.model, args_line)
+    if skipped:
+        table += f"\n\nNot run within the time budget: {', '.join(skipped)}.\n"
     print("\n" + table)
     write_json(RESULTS / "sbmoe_vs_base.json", {
-        "partial": False, "model": args.model, "train_data": args.train_data, "arms": arms, "seeds": seeds,
+        "partial": bool(skipped), "skipped": skipped, "model": args.model, "train_data": args.train_data,
+        "arms": arms, "seeds": seeds,
         "settings": vars(args), "records": records,
         "total_seconds": round(time.perf_counter() - started, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
