@@ -108,3 +108,14 @@ def test_approximate_index_types_recall(kind: str, build: dict, search: dict) ->
     assert recall >= (0.9 if kind == "hnsw" else 0.3), recall
     with pytest.raises(ValueError, match="efConstruction applies to HNSW"):
         DenseIndex.apply_build_params(faiss.index_factory(8, "Flat"), {"efConstruction": 10})
+
+
+def test_two_process_encoding_gives_the_same_index(tiny_bert_dir: Path, scifact_slice: Path, tmp_path: Path) -> None:
+    def build(name: str, devices: tuple[str, ...]) -> DenseIndex:
+        return build_index(IndexConfig(dataset=str(scifact_slice), output=tmp_path / name, devices=devices,
+                                       chunk_size=20, use_cache=False, show_progress=False,
+                                       encoder=EncoderConfig(model=str(tiny_bert_dir))))
+
+    single, pooled = build("one", ()), build("two", ("cpu", "cpu"))
+    assert pooled.doc_ids == single.doc_ids
+    np.testing.assert_allclose(pooled.index.reconstruct_n(0, 50), single.index.reconstruct_n(0, 50), atol=1e-5)
