@@ -1,0 +1,86 @@
+"""Sort-based token dispatch: align token slots by expert, then one matmul per expert group.
+
+The split follows fused-MoE kernels: ``align_by_expert`` is a pure index step (which token slot goes
+where), ``grouped_ffn`` the compute over contiguous expert groups. A Triton kernel replaces exactly
+``grouped_ffn`` with the same signature; ``moe_dispatch`` composes the two and scatters the weighted
+outputs back to their tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class ExpertAlignment:
+    """Token slots sorted by expert.
+
+    ``order`` (S,) maps sorted position -> flat slot index (slot = token * k + choice); ``tokens`` (S,) the
+    token of each sorted slot; ``offsets`` (E + 1,) the start of each expert's group, so expert e owns
+    sorted positions offsets[e]:offsets[e + 1] (empty groups have equal offsets).
+    """
+
+    order: Tensor
+    tokens: Tensor
+    offsets: Tensor
+
+
+def align_by_expert(indices: Tensor, num_experts: int) -> ExpertAlignment:
+    """Sort the (N, k) expert choices by expert id (stable, so tokens keep their order inside a group)."""
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=num_experts)
+    offsets = torch.zeros(num_experts + 1, dtype=torch.long, device=indices.device)
+    offsets[1:] = torch.cumsum(counts, dim=0)
+    return ExpertAlignment(order=order, tokens=order // indices.shape[1], offsets=offsets)
+
+
+def activation(hidden: Tensor, kind: str) -> Tensor:
+    """SwiGLU takes a (.., 2h) gate-and-up projection; GELU a (.., h) one."""
+    if kind == "swiglu":
+        gate, up = hidden.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    if kind == "gelu":
+        return F.gelu(hidden)
+    raise ValueError(f"unknown expert activation {kind!r}")
+
+
+def grouped_ffn(x_sorted: Tensor, offsets: Tensor, w_in: Tensor, w_out: Tensor, kind: str = "swiglu") -> Tensor:
+    """Expert FFNs over rows already grouped by expert: rows offsets[e]:offsets[e+1] use expert e.
+
+    x_sorted (S, d); w_in (E, d, h_in) with h_in = 2h for SwiGLU; w_out (E, h, d). Returns (S, d).
+    The torch reference path: one pair of matmuls per non-empty group.
+    """
+    out = x_sorted.new_empty(x_sorted.shape[0], w_out.shape[-1])
+    bounds = offsets.tolist()
+    for expert in range(w_in.shape[0]):
+        start, end = bounds[expert], bounds[expert + 1]
+        if end > start:
+            out[start:end] = activation(x_sorted[start:end] @ w_in[expert], kind) @ w_out[expert]
+    return out
+
+
+def moe_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
+                 kind: str = "swiglu") -> Tensor:
+    """sum_j weights[n, j] * expert_{indices[n, j]}(x[n]) for x (N, d), indices and weights (N, k)."""
+    alignment = align_by_expert(indices, w_in.shape[0])
+    expert_out = grouped_ffn(x[alignment.tokens], alignment.offsets, w_in, w_out, kind)
+    slot_weights = weights.reshape(-1)[alignment.order].unsqueeze(-1).to(expert_out.dtype)
+    out = torch.zeros_like(x, dtype=expert_out.dtype)
+    return out.index_add_(0, alignment.tokens, expert_out * slot_weights).to(x.dtype)
+
+
+def masked_loop_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
+                         kind: str = "swiglu") -> Tensor:
+    """The common baseline: for each expert, find its tokens with a mask and run them (benchmarks)."""
+    out = torch.zeros_like(x)
+    for expert in range(w_in.shape[0]):
+        token, choice = torch.nonzero(indices == expert, as_tuple=True)
+        if token.numel():
+            y = activation(x[token] @ w_in[expert], kind) @ w_out[expert]
+            out.index_add_(0, token, y * weights[token, choice].unsqueeze(-1))
+    return out
