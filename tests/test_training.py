@@ -116,3 +116,18 @@ def test_training_input_errors(tiny_bert_dir: Path, tmp_path: Path) -> None:
         read_triples(bad)
     with pytest.raises(ValueError, match="--freeze-encoder trains only the SB-MoE head"):
         train(config_for(tiny_bert_dir, bad, tmp_path / "x", moe="none", freeze_encoder=True))
+
+
+def test_separate_heads_route_queries_and_documents(tiny_bert_dir: Path, triples_file: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder
+
+    out = train(config_for(tiny_bert_dir, triples_file, tmp_path / "sep", separate_heads=True, epochs=1))
+    model = load_encoder(EncoderConfig(model=str(out)))
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Router"]
+    texts = ["protein cell gene", "a longer document about the liver and insulin"]
+    queries, docs = encode_texts(model, texts, task="query"), encode_texts(model, texts, task="document")
+    np.testing.assert_allclose(queries, model.encode_query(texts), atol=1e-5)
+    np.testing.assert_allclose(docs, model.encode_document(texts), atol=1e-5)
+    assert np.abs(queries - docs).max() > 1e-3  # two different heads

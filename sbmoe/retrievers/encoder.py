@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router, Transformer
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def needs_sbmoe_code(path: str) -> bool:
     import json
 
     types = [entry.get("type", "") for entry in json.loads(modules_file.read_text(encoding="utf-8"))]
+    for router_config in Path(path).glob("*/router_config.json"):  # a Router names its sub-modules' classes
+        types += list(json.loads(router_config.read_text(encoding="utf-8")).get("types", {}).values())
     custom = [t for t in types if not t.startswith("sentence_transformers.")]
     return bool(custom) and all(t.startswith("sbmoe.") for t in custom)
 
@@ -199,8 +201,12 @@ def encode_texts(
     batch_size: int = 64,
     show_progress: bool = False,
     progress: tqdm | None = None,
+    task: str | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` (float32, input order), batching by exact token length to minimise padding.
+
+    ``task`` ("query" or "document") picks the route of a model with a sentence-transformers Router
+    (separate SB-MoE heads for queries and documents); other models ignore it.
 
     The texts are tokenized once in one batched call (truncated to ``max_seq_length``, exactly as
     ``model.preprocess`` does) and each batch is padded here, so embeddings equal ``model.encode``'s;
@@ -217,12 +223,13 @@ def encode_texts(
     lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
     order = np.argsort(-lengths, kind="stable")
     pad_id, left = tokenizer.pad_token_id or 0, tokenizer.padding_side == "left"
+    route = {"task": task} if task and any(isinstance(m, Router) for m in model.modules()) else {}
     bar = progress or tqdm(total=len(texts), desc="Encoding", unit="doc", disable=not show_progress)
     for start in range(0, len(texts), batch_size):
         rows = order[start:start + batch_size]
         features = _pad_batch(encoded, rows, pad_id, left)
         features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-        out[rows] = model(features)["sentence_embedding"].float().cpu().numpy()
+        out[rows] = model(features, **route)["sentence_embedding"].float().cpu().numpy()
         bar.update(len(rows))
     if progress is None:
         bar.close()

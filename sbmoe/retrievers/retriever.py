@@ -51,7 +51,8 @@ def encode_corpus(
     with tqdm(total=total, desc=f"Encoding {dataset.name}", unit="doc", disable=not show_progress) as bar:
         for chunk in dataset.iter_corpus_chunks(chunk_size):
             doc_ids.extend(doc.doc_id for doc in chunk)
-            parts.append(encode_texts(model, [doc.as_text() for doc in chunk], batch_size, progress=bar))
+            parts.append(encode_texts(model, [doc.as_text() for doc in chunk], batch_size, progress=bar,
+                                      task="document"))
     embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if cache is not None and key is not None:
         cache.put(key, doc_ids, embeddings)
@@ -71,11 +72,12 @@ def corpus_encoder(model: SentenceTransformer, batch_size: int,
     if len(devices) <= 1:
         if devices:
             model.to(devices[0])
-        yield lambda texts: encode_texts(model, texts, batch_size)
+        yield lambda texts: encode_texts(model, texts, batch_size, task="document")
         return
     pool = model.start_multi_process_pool(list(devices))
     try:
-        yield lambda texts: np.asarray(model.encode(texts, pool=pool, batch_size=batch_size), dtype=np.float32)
+        yield lambda texts: np.asarray(model.encode_document(texts, pool=pool, batch_size=batch_size),
+                                       dtype=np.float32)
     finally:
         model.stop_multi_process_pool(pool)
 
@@ -196,7 +198,7 @@ class Retriever:
         return cls(model, index, batch_size)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(self.model, texts, self.batch_size)
+        return encode_texts(self.model, texts, self.batch_size, task="query")
 
     def search(
         self, queries: Mapping[str, str] | Sequence[str], k: int = 100, drop_self_hits: bool = False
