@@ -1,0 +1,1 @@
+"""Tiny MoE language-model testbed on the shared MoE core (ReXMoE experiments)."""

@@ -1,0 +1,82 @@
+"""Text for the MoE LM testbed: SciFact abstracts split by document, WikiText-2 as out-of-domain text.
+
+A byte-level BPE tokenizer is trained locally (``tokenizers``) on the training documents only. Token
+streams are int32 tensors; training batches are random windows from the training stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..data import BeirDataset
+from ..data.registry import DatasetNotFoundError, search_roots
+
+
+def is_held_out(doc_id: str, fraction: float) -> bool:
+    """A stable document-level split: the same ids are held out on every machine and every run."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def scifact_texts(fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """(training abstracts, held-out abstracts) of SciFact's corpus, split by document id."""
+    train, held_out = [], []
+    for doc in BeirDataset.open("scifact").iter_corpus():
+        (held_out if is_held_out(doc.doc_id, fraction) else train).append(doc.as_text())
+    return train, held_out
+
+
+def wikitext_text(split: str) -> str:
+    """WikiText-2 ``valid`` or ``test`` (tokenized release) from the data roots."""
+    for root in search_roots():
+        path = root / "wikitext-2" / f"{split}.txt"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise DatasetNotFoundError(f"wikitext-2/{split}.txt not found under {', '.join(map(str, search_roots()))}")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, path: Path | None = None):
+    """A byte-level BPE tokenizer trained on ``texts`` (saved as JSON when ``path`` is given)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=["<|endoftext|>"])
+    if path is not None:
+        tokenizer.save(str(path))
+    return tokenizer
+
+
+def encode_stream(tokenizer, texts: list[str]) -> Tensor:
+    """One int32 stream of all texts, each followed by the end-of-text token."""
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids.extend(encoding.ids)
+        ids.append(eot)
+    return torch.tensor(ids, dtype=torch.int32)
+
+
+@dataclass
+class LMCorpus:
+    train: Tensor
+    validation: Tensor
+    ood: dict[str, Tensor]
+    vocab_size: int
+
+    @classmethod
+    def build(cls, vocab_size: int = 4096, held_out: float = 0.05) -> LMCorpus:
+        train_texts, val_texts = scifact_texts(held_out)
+        tokenizer = train_tokenizer(train_texts, vocab_size)
+        ood = {f"wikitext2-{s}": encode_stream(tokenizer, [wikitext_text(s)]) for s in ("valid", "test")}
+        return cls(encode_stream(tokenizer, train_texts), encode_stream(tokenizer, val_texts), ood,
+                   tokenizer.get_vocab_size())
+
+    def batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(0, len(self.train) - seq_len - 1, (batch_size,), generator=generator)
+        windows = torch.stack([self.train[s:s + seq_len + 1] for s in starts.tolist()]).long()
+        return windows[:, :-1], windows[:, 1:]

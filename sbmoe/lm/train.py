@@ -1,0 +1,103 @@
+"""Training loop for the MoE LM testbed: AdamW with warm-up and cosine decay, periodic validation
+perplexity and routing statistics, atomic checkpoints, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_file
+from .data import LMCorpus
+from .model import LMConfig, MoELM
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class LMTrainConfig:
+    model: LMConfig = field(default_factory=LMConfig)
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.1
+    eval_every: int = 100
+    eval_batches: int = 16
+    seed: int = 0
+    output: Path | None = None  # checkpoints (and resume) when set
+    show_progress: bool = True
+
+
+def learning_rate(step: int, config: LMTrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def evaluate(model: MoELM, corpus: LMCorpus, config: LMTrainConfig) -> dict[str, Any]:
+    """Validation perplexity (held-out SciFact documents, first ``eval_batches`` windows) and routing stats."""
+    span = config.eval_batches * config.batch_size * model.config.seq_len + 1
+    model.reset_routing_stats()
+    ppl = model.perplexity(corpus.validation[:span].long(), config.batch_size)
+    stats = model.routing_stats()
+    return {"val_ppl": ppl, "load_entropy": [round(s.entropy, 4) for s in stats],
+            "non_local_share": [round(s.non_local_share, 4) for s in stats],
+            "max_over_mean_load": [round(s.max_over_mean, 3) for s in stats],
+            "distinct_combinations": [s.distinct_combinations for s in stats]}
+
+
+def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
+    """Train (resuming from ``output/checkpoint.pt`` when present); returns the model and its history."""
+    torch.manual_seed(config.seed)
+    model = MoELM(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+    checkpoint = Path(config.output) / CHECKPOINT if config.output else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = state["step"], state["history"]
+
+    bar = tqdm(range(start, config.steps), desc="LM", disable=not config.show_progress, initial=start,
+               total=config.steps)
+    for step in bar:
+        model.train()
+        model.set_progress(step / config.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        inputs, targets = corpus.batch(config.batch_size, config.model.seq_len, generator)
+        _, loss = model(inputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            model.set_progress(done / config.steps)
+            history.append({"step": done, "train_loss": loss.item(), **evaluate(model, corpus, config)})
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer, generator, done, history, config)
+    return model, history
+
+
+def save_checkpoint(path: Path, model: MoELM, optimizer, generator: torch.Generator, step: int,
+                    history: list, config: LMTrainConfig) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "step": step, "history": history,
+             "config": {k: (asdict(v) if k == "model" else str(v) if isinstance(v, Path) else v)
+                        for k, v in config.__dict__.items()}}
+    with atomic_file(path, "wb") as handle:
+        torch.save(state, handle)
