@@ -55,13 +55,14 @@ def grouped_ffn(x_sorted: Tensor, offsets: Tensor, w_in: Tensor, w_out: Tensor, 
     x_sorted (S, d); w_in (E, d, h_in) with h_in = 2h for SwiGLU; w_out (E, h, d). Returns (S, d).
     The torch reference path: one pair of matmuls per non-empty group.
     """
-    out = x_sorted.new_empty(x_sorted.shape[0], w_out.shape[-1])
-    bounds = offsets.tolist()
-    for expert in range(w_in.shape[0]):
-        start, end = bounds[expert], bounds[expert + 1]
-        if end > start:
-            out[start:end] = activation(x_sorted[start:end] @ w_in[expert], kind) @ w_out[expert]
-    return out
+    counts = (offsets[1:] - offsets[:-1]).tolist()
+    # split/unbind rather than slicing in a loop: their backward is one cat/stack, where per-expert
+    # indexing would allocate a full-size zero gradient for every expert (O(E) copies of the weights)
+    groups = zip(x_sorted.split(counts), w_in.unbind(0), w_out.unbind(0), strict=True)
+    outs = [activation(rows @ w_i, kind) @ w_o for rows, w_i, w_o in groups if rows.shape[0]]
+    if not outs:
+        return x_sorted.new_zeros(0, w_out.shape[-1])
+    return torch.cat(outs)
 
 
 def moe_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
@@ -78,9 +79,9 @@ def masked_loop_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tens
                          kind: str = "swiglu") -> Tensor:
     """The common baseline: for each expert, find its tokens with a mask and run them (benchmarks)."""
     out = torch.zeros_like(x)
-    for expert in range(w_in.shape[0]):
+    for expert, (w_i, w_o) in enumerate(zip(w_in.unbind(0), w_out.unbind(0), strict=True)):
         token, choice = torch.nonzero(indices == expert, as_tuple=True)
         if token.numel():
-            y = activation(x[token] @ w_in[expert], kind) @ w_out[expert]
+            y = activation(x[token] @ w_i, kind) @ w_o
             out.index_add_(0, token, y * weights[token, choice].unsqueeze(-1))
     return out
