@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from sbmoe.atomic import write_json
 from sbmoe.data import BeirDataset
 from sbmoe.moe.experts import ExpertBank
-from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder
+from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder, pooling_prefix
 from sbmoe.retrievers.sbmoe_head import SBMoEHead
-from sbmoe.retrievers.training import pooling_prefix, with_head
+from sbmoe.retrievers.training import with_head
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

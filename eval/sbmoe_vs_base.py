@@ -6,7 +6,7 @@ Arms, each trained on the SciFact train split (10% of its queries held out as de
 zero-shot on every BEIR-layout test set in ../shared/data (SciFact test, Cranfield):
   (a) finetune        fine-tuned, no MoE head
   (b) sbmoe-top1      fine-tuned with the SB-MoE head, top-1 routing at inference
-  (c) sbmoe-all       fine-tuned with the SB-MoE head, dense routing at inference
+  (c) sbmoe-all       the same trained model as (b), dense routing at inference
   (d) base            the pretrained model untouched (no seed)
   (e) head-only       SB-MoE head (top-1) trained on frozen, cached base embeddings
 ../shared/data holds no MS MARCO-style triples, so the out-of-domain training arm is not run here.
@@ -29,18 +29,20 @@ import torch
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation import evaluate_systems
-from sbmoe.retrievers.encoder import EncoderConfig
+from sbmoe.retrievers.encoder import EncoderConfig, load_encoder
 from sbmoe.retrievers.retriever import dense_system
-from sbmoe.retrievers.training import TrainConfig, train
+from sbmoe.retrievers.training import TrainConfig, sbmoe_heads, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ["nDCG@10", "R@100"]
-ARMS = {
-    "finetune": {"moe": "none"},
-    "sbmoe-top1": {"moe": "top1"},
-    "sbmoe-all": {"moe": "all"},
-    "head-only": {"moe": "top1", "freeze_encoder": True},
+# training run -> (its TrainConfig settings, {arm: SB-MoE inference mode}). The head trains with noisy
+# top-1 routing whatever its inference mode, so (b) and (c) are one trained model evaluated twice.
+RUNS = {
+    "finetune": ({"moe": "none"}, {"finetune": None}),
+    "sbmoe": ({"moe": "top1"}, {"sbmoe-top1": "top1", "sbmoe-all": "all"}),
+    "head-only": ({"moe": "top1", "freeze_encoder": True}, {"head-only": "top1"}),
 }
+ARMS = ["finetune", "sbmoe-top1", "sbmoe-all", "base", "head-only"]
 
 
 def mean_std(values: list[float]) -> str:
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--train-data", default="scifact")
     parser.add_argument("--datasets", default="scifact,cranfield")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--arms", default=",".join(["finetune", "sbmoe-top1", "sbmoe-all", "base", "head-only"]))
+    parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -126,36 +128,45 @@ def main() -> None:
     try:
         # seed-major order: every finished seed is a complete comparison, so a cut-short run stays usable
         plan = [("base", None)] if "base" in arms else []
-        plan += [(arm, seed) for seed in seeds for arm in arms if arm != "base"]
+        plan += [(run, seed) for seed in seeds for run, (_, modes) in RUNS.items() if set(modes) & set(arms)]
         last_run = 0.0
         skipped: list[str] = []
-        for arm, seed in plan:
+        for run, seed in plan:
             t0 = time.perf_counter()
             if args.time_budget_min and (t0 - started + last_run) / 60 > args.time_budget_min:
-                skipped.append(f"{arm}/seed {seed}")
+                skipped.append(f"{run}/seed {seed}")
                 continue
-            if arm == "base":
-                model_ref, train_info = args.model, {}
+            if run == "base":
+                model_ref, train_info, modes = args.model, {}, {"base": None}
             else:
-                out = workdir / f"{arm}-{seed}"
+                settings, modes = RUNS[run]
+                out = workdir / f"{run}-{seed}"
                 config = TrainConfig(model=args.model, output=out, data=args.train_data, seed=seed,
                                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                      max_length=args.train_max_length, dev_distractors=args.dev_distractors,
-                                     show_progress=False, **ARMS[arm])
+                                     show_progress=False, **settings)
                 train(config)
                 model_ref, train_info = str(out), {"train_seconds": round(time.perf_counter() - t0, 1)}
-            system = dense_system(EncoderConfig(model=model_ref, max_length=256), use_cache=arm == "base",
-                                  show_progress=False)
-            report = evaluate_systems({arm: system}, datasets, METRICS)
-            for rec in report.records:
-                records.append({"arm": arm, "dataset": rec.dataset, "seed": seed, **rec.metrics, **train_info})
-                print(f"{arm:<11} seed={seed} {rec.dataset:<10} nDCG@10={rec.metrics['nDCG@10']:.4f} "
-                      f"R@100={rec.metrics['R@100']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-            write_json(RESULTS / "sbmoe_vs_base.json", {"partial": True, "settings": vars(args),
-                                                         "records": records})
-            if arm != "base":
-                shutil.rmtree(workdir / f"{arm}-{seed}", ignore_errors=True)
-                shutil.rmtree(workdir / f"{arm}-{seed}-checkpoints", ignore_errors=True)
+            model = load_encoder(EncoderConfig(model=model_ref, max_length=256))
+            # pooled corpus embeddings are cached: the base encoder's serve base and head-only, and one
+            # encoder pass of a fine-tuned SB-MoE model serves both of its inference modes
+            system = dense_system(EncoderConfig(model=model_ref, max_length=256), model=model,
+                                  show_progress=False, cache_pooled=True)
+            for arm, mode in modes.items():
+                if arm not in arms:
+                    continue
+                for head in sbmoe_heads(model):
+                    head.mode = mode
+                report = evaluate_systems({arm: system}, datasets, METRICS)
+                for rec in report.records:
+                    records.append({"arm": arm, "dataset": rec.dataset, "seed": seed, **rec.metrics, **train_info})
+                    print(f"{arm:<11} seed={seed} {rec.dataset:<10} nDCG@10={rec.metrics['nDCG@10']:.4f} "
+                          f"R@100={rec.metrics['R@100']:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+                write_json(RESULTS / "sbmoe_vs_base.json", {"partial": True, "settings": vars(args),
+                                                             "records": records})
+            if run != "base":
+                shutil.rmtree(workdir / f"{run}-{seed}", ignore_errors=True)
+                shutil.rmtree(workdir / f"{run}-{seed}-checkpoints", ignore_errors=True)
             last_run = time.perf_counter() - t0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -149,3 +149,32 @@ def test_saved_model_loads_in_sentence_transformers_with_same_embeddings(tiny_be
     np.testing.assert_allclose(loaded.encode(texts), ours, atol=1e-6)
     via_sbmoe = load_encoder(EncoderConfig(model=str(tmp_path / "m")))  # sbmoe trusts its own head
     np.testing.assert_allclose(encode_texts(via_sbmoe, texts), ours, atol=1e-6)
+
+
+def test_pooled_cache_serves_every_head_mode_with_one_encoder_pass(tiny_bert_dir: Path, scifact_slice: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sbmoe.data import BeirDataset
+    from sbmoe.retrievers import retriever as retriever_module
+    from sbmoe.retrievers.retriever import dense_system
+
+    torch.manual_seed(4)
+    base = load_encoder(EncoderConfig(model=str(tiny_bert_dir), normalize=True))
+    model = with_head(base, SBMoEHead(32, num_experts=4))
+    model.eval()
+    dataset = BeirDataset.open(str(scifact_slice))
+    queries = dataset.load_split("test")[0]
+    config = EncoderConfig(model="tiny", batch_size=16)
+    plain = dense_system(config, use_cache=False, show_progress=False, model=model)
+    pooled = dense_system(config, show_progress=False, model=model, cache_pooled=True)
+    calls = []
+    original = retriever_module.encode_texts
+    monkeypatch.setattr(retriever_module, "encode_texts", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for mode in ("top1", "all"):
+        model[2].mode = mode
+        expected, got = plain(dataset, queries, 10), pooled(dataset, queries, 10)
+        assert list(got) == list(expected)
+        for qid in expected:
+            assert list(got[qid]) == list(expected[qid])
+            np.testing.assert_allclose(list(got[qid].values()), list(expected[qid].values()), atol=1e-5)
+    # plain: corpus + queries per mode; pooled: the corpus once (then cached), queries per mode
+    assert len(calls) == 2 + 2 + 1 + 2

@@ -1,6 +1,6 @@
 """Loading BERT-family encoders as sentence-transformers pipelines, and encoding text with them.
 
-Every encoder is a ``SentenceTransformer`` (Transformer -> Pooling -> [Normalize] -> [SB-MoE head]),
+Every encoder is a ``SentenceTransformer`` (Transformer -> Pooling -> [SB-MoE head] -> [Normalize]),
 so anything sbmoe saves loads in BEIR, MTEB or plain sentence-transformers.
 """
 
@@ -161,6 +161,40 @@ def _plain_hf_encoder(path: str, config: EncoderConfig) -> SentenceTransformer:
     if config.normalize:
         modules.append(Normalize())
     return SentenceTransformer(modules=modules, device=config.device or "cpu")
+
+
+def pooling_prefix(model: SentenceTransformer) -> SentenceTransformer:
+    """The model's modules up to and including Pooling: where the SB-MoE head reads its input."""
+    modules = []
+    for module in model:
+        modules.append(module)
+        if isinstance(module, Pooling):
+            return SentenceTransformer(modules=modules, device=str(model.device))
+    raise ValueError("model has no Pooling module to put the SB-MoE head after")
+
+
+def after_pooling(model: SentenceTransformer) -> list[torch.nn.Module]:
+    """The modules after Pooling (SB-MoE head or Router of heads, Normalize): cheap next to the encoder."""
+    modules = list(model)
+    cut = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
+    if cut is None:
+        raise ValueError("model has no Pooling module")
+    return modules[cut + 1:]
+
+
+@torch.inference_mode()
+def apply_after_pooling(model: SentenceTransformer, pooled: np.ndarray, task: str = "document",
+                        batch_size: int = 8192) -> np.ndarray:
+    """``model``'s post-pooling modules over pooled embeddings, so one encoder pass serves every head
+    setting (e.g. SB-MoE inference modes) and equals ``encode_texts(model, ...)`` up to float rounding."""
+    modules = after_pooling(model)
+    parts = []
+    for start in range(0, len(pooled), batch_size):
+        features = {"sentence_embedding": torch.from_numpy(pooled[start:start + batch_size]).to(model.device)}
+        for module in modules:
+            features = module(features, task=task) if isinstance(module, Router) else module(features)
+        parts.append(features["sentence_embedding"].float().cpu().numpy())
+    return np.concatenate(parts) if parts else pooled.copy()
 
 
 def pooling_mode(model: SentenceTransformer) -> str:

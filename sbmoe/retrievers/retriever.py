@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from ..data import BeirDataset
 from ..runs import Run
 from .embedding_cache import CorpusEmbeddingCache, EmbeddingKey
-from .encoder import EncoderConfig, encode_texts, load_encoder, normalizes, pooling_mode
+from .encoder import (
+    EncoderConfig,
+    apply_after_pooling,
+    encode_texts,
+    load_encoder,
+    normalizes,
+    pooling_mode,
+    pooling_prefix,
+)
 from .fingerprint import model_fingerprint
 from .index import DenseIndex, IndexMeta
 from .shards import SHARD_DTYPES, ShardManifest, encode_to_shards, index_from_shards, iter_shards
@@ -233,13 +241,28 @@ def dense_system(
     use_cache: bool = True,
     show_progress: bool = True,
     model: SentenceTransformer | None = None,
+    cache_pooled: bool = False,
 ):
-    """A retrieval function for ``evaluate_systems``: exact search with one encoder, loaded once."""
+    """A retrieval function for ``evaluate_systems``: exact search with one encoder, loaded once.
+
+    With ``cache_pooled`` the cache holds the pooled embeddings (before any SB-MoE head) and the head is
+    applied on top at each call, so evaluating the same model under several head modes, or several heads
+    on one frozen encoder, encodes each corpus once.
+    """
     model = model if model is not None else load_encoder(config)
     cache = CorpusEmbeddingCache() if use_cache else None
+    prefix = pooling_prefix(model) if cache_pooled else None
 
     def retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
-        retriever = Retriever.from_dataset(model, dataset, config.batch_size, cache, show_progress, config.model)
+        if prefix is None:
+            retriever = Retriever.from_dataset(model, dataset, config.batch_size, cache, show_progress,
+                                               config.model)
+        else:
+            doc_ids, pooled = encode_corpus(prefix, dataset, config.batch_size, cache=cache,
+                                            show_progress=show_progress)
+            index = DenseIndex.from_embeddings(apply_after_pooling(model, pooled), doc_ids,
+                                               index_meta_for(model, config.model))
+            retriever = Retriever(model, index, config.batch_size)
         return retriever.search(queries, k, drop_self_hits=dataset.drop_self_hits)
 
     return retrieve

@@ -30,7 +30,7 @@ from ..atomic import atomic_dir
 from ..data import BeirDataset, DataFormatError
 from .embedding_cache import CorpusEmbeddingCache
 from .embedding_table import EmbeddingTable
-from .encoder import EncoderConfig, encode_texts, load_encoder, normalizes
+from .encoder import EncoderConfig, encode_texts, load_encoder, normalizes, pooling_prefix
 from .retriever import Retriever
 from .sbmoe_head import SBMoEHead
 
@@ -178,16 +178,6 @@ def beir_data(dataset: BeirDataset, split: str, miner: SentenceTransformer, conf
     data.dev_corpus = {d: corpus[d] for d in sorted(dev_docs)}
     data.info["train_pairs"] = len(data.anchors)
     return data
-
-
-def pooling_prefix(model: SentenceTransformer) -> SentenceTransformer:
-    """The model's modules up to and including Pooling: where the SB-MoE head reads its input."""
-    modules = []
-    for module in model:
-        modules.append(module)
-        if isinstance(module, Pooling):
-            return SentenceTransformer(modules=modules, device=str(model.device))
-    raise ValueError("model has no Pooling module to put the SB-MoE head after")
 
 
 def make_heads(config: TrainConfig, dim: int) -> nn.Module | None:
