@@ -25,8 +25,8 @@ import torch
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.data import LMCorpus
-from sbmoe.lm.model import LMConfig, MoELM
-from sbmoe.lm.train import LMTrainConfig, train_lm
+from sbmoe.lm.model import LMConfig
+from sbmoe.lm.train import LMTrainConfig, evaluate_final, train_lm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = {  # arm -> LMConfig overrides
@@ -97,18 +97,6 @@ def plot(records: list[dict], arms: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_full(model: MoELM, corpus: LMCorpus) -> dict:
-    """Perplexity on the whole held-out split (with routing statistics) and on WikiText-2 valid."""
-    model.reset_routing_stats()
-    val_ppl = model.perplexity(corpus.validation.long())
-    stats = model.routing_stats()
-    ood_ppl = model.perplexity(corpus.ood["wikitext2-valid"].long())
-    return {"val_ppl": val_ppl, "ood_ppl": ood_ppl,
-            "load_entropy": [s.entropy for s in stats], "max_over_mean_load": [s.max_over_mean for s in stats],
-            "non_local_share": [s.non_local_share for s in stats],
-            "distinct_combinations": [s.distinct_combinations for s in stats]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default=",".join(ARMS))
@@ -160,9 +148,10 @@ def main() -> None:
                                    eval_every=args.eval_every, eval_batches=4, seed=seed, show_progress=False)
             model, history = train_lm(config, corpus)
             train_seconds = time.perf_counter() - t0
-            final = evaluate_full(model, corpus)
+            final = evaluate_final(model, corpus)
             records.append({"arm": arm, "seed": seed, **overrides, "params": model.parameter_counts(),
-                            "val_ppl": final.pop("val_ppl"), "ood_ppl": final.pop("ood_ppl"), "final": final,
+                            "val_ppl": final.pop("val_ppl"), "ood_ppl": final.pop("wikitext2-valid_ppl"),
+                            "ood_test_ppl": final.pop("wikitext2-test_ppl"), "final": final,
                             "history": history, "train_seconds": round(train_seconds, 1)})
             print(f"{arm:<11} seed={seed} val ppl {records[-1]['val_ppl']:8.2f}  wikitext ppl "
                   f"{records[-1]['ood_ppl']:8.2f}  non-local {statistics.mean(final['non_local_share']):.3f}  "

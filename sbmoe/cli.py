@@ -291,5 +291,73 @@ def train_command(
     typer.echo(f"saved {train(config)}")
 
 
+lm_app = typer.Typer(help="The tiny MoE language-model testbed (sbmoe.lm): layer-local MoE or ReXMoE with PSR, "
+                     "trained on SciFact abstracts, evaluated on held-out abstracts and WikiText-2.",
+                     no_args_is_help=True)
+app.add_typer(lm_app, name="lm")
+
+
+@lm_app.command("train")
+@user_errors
+def lm_train(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for checkpoint.pt and tokenizer.json."),
+    pool: str = typer.Option("local", help="local | group (ReXMoE) | sliding"),
+    reuse: int = typer.Option(1, help="r: adjacent layers whose experts a router may choose."),
+    psr: str = typer.Option("none", help="Progressive scaling routing schedule: none | linear | step."),
+    psr_fraction: float = typer.Option(0.5, help="Share of training over which PSR unmasks non-local experts."),
+    steps: int = typer.Option(500),
+    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    vocab: int = typer.Option(2048, help="BPE vocabulary size (tokenizer trained on the training split)."),
+    layers: int = typer.Option(4),
+    d_model: int = typer.Option(128, "--d-model"),
+    experts: int = typer.Option(8, help="Experts per layer (E)."),
+    expert_hidden: int = typer.Option(128, "--expert-hidden"),
+    top_k: int = typer.Option(2, "--top-k"),
+    lr: float = typer.Option(3e-3, "--lr"),
+    eval_every: int = typer.Option(50, "--eval-every"),
+    seed: int = typer.Option(0),
+    threads: int | None = THREADS,
+) -> None:
+    """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
+    from .lm.data import LMCorpus
+    from .lm.model import LMConfig
+    from .lm.train import LMTrainConfig, evaluate_final, train_lm
+
+    set_threads(threads)
+    corpus = LMCorpus.build(vocab_size=vocab, tokenizer_path=output / "tokenizer.json")
+    model_config = LMConfig(vocab_size=corpus.vocab_size, seq_len=seq_len, n_layer=layers, d_model=d_model,
+                            experts_per_layer=experts, expert_hidden=expert_hidden, top_k=top_k, pool=pool,
+                            reuse=reuse, psr_schedule=psr, psr_fraction=psr_fraction if psr != "none" else 0.0)
+    config = LMTrainConfig(model=model_config, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                           seed=seed, output=output, show_progress=sys.stderr.isatty())
+    model, _ = train_lm(config, corpus)
+    echo_lm_figures(evaluate_final(model, corpus))
+
+
+@lm_app.command("eval")
+@user_errors
+def lm_eval(
+    output: Path = typer.Argument(..., help="Folder written by `sbmoe lm train`."),
+    threads: int | None = THREADS,
+) -> None:
+    """Perplexity of a trained LM on the held-out SciFact abstracts and WikiText-2, with routing statistics."""
+    from .lm.data import LMCorpus
+    from .lm.train import evaluate_final, load_trained
+
+    set_threads(threads)
+    model, _ = load_trained(output)
+    tokenizer = output / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer}: not found (the model was not trained with `sbmoe lm train`)")
+    echo_lm_figures(evaluate_final(model, LMCorpus.build(tokenizer_path=tokenizer)))
+
+
+def echo_lm_figures(figures: dict) -> None:
+    for key, value in figures.items():
+        shown = f"{value:.2f}" if isinstance(value, float) else " ".join(f"{v:.3g}" for v in value)
+        typer.echo(f"{key:<24} {shown}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -83,3 +83,22 @@ def test_document_split_is_stable() -> None:
     assert is_held_out("4983", 0.05) == is_held_out("4983", 0.05)
     share = sum(is_held_out(str(i), 0.1) for i in range(5000)) / 5000
     assert 0.08 < share < 0.12
+
+
+def test_lm_cli_trains_resumes_and_evaluates(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sbmoe.cli import app
+
+    args = ["lm", "train", "-o", str(tmp_path / "lm"), "--pool", "group", "--reuse", "2", "--psr", "step",
+            "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--seq-len", "16", "--vocab", "400",
+            "--layers", "2", "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
+    runner = CliRunner()
+    trained = runner.invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    assert "wikitext2-test_ppl" in trained.output and (tmp_path / "lm" / "tokenizer.json").is_file()
+    again = runner.invoke(app, args)  # the checkpoint is at the last step: nothing left to train
+    evaluated = runner.invoke(app, ["lm", "eval", str(tmp_path / "lm")])
+    assert again.output == trained.output == evaluated.output
+    bad = runner.invoke(app, [*args[:5], "sliding", "--reuse", "1"])
+    assert bad.exit_code == 1 and "local pools take reuse 1" in bad.output

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_file
 from ..data import BeirDataset
 from ..data.registry import DatasetNotFoundError, search_roots
 
@@ -47,8 +48,15 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path | None = None)
     tokenizer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=["<|endoftext|>"])
     if path is not None:
-        tokenizer.save(str(path))
+        with atomic_file(path, "wb") as handle:
+            handle.write(tokenizer.to_str().encode("utf-8"))
     return tokenizer
+
+
+def load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
 
 
 def encode_stream(tokenizer, texts: list[str]) -> Tensor:
@@ -69,9 +77,14 @@ class LMCorpus:
     vocab_size: int
 
     @classmethod
-    def build(cls, vocab_size: int = 4096, held_out: float = 0.05) -> LMCorpus:
+    def build(cls, vocab_size: int = 4096, held_out: float = 0.05, tokenizer_path: Path | None = None) -> LMCorpus:
+        """Streams for training, validation and WikiText-2; the tokenizer is read from ``tokenizer_path``
+        when it exists (so a saved model is evaluated with its own vocabulary), else trained (and saved)."""
         train_texts, val_texts = scifact_texts(held_out)
-        tokenizer = train_tokenizer(train_texts, vocab_size)
+        if tokenizer_path is not None and Path(tokenizer_path).is_file():
+            tokenizer = load_tokenizer(tokenizer_path)
+        else:
+            tokenizer = train_tokenizer(train_texts, vocab_size, tokenizer_path)
         ood = {f"wikitext2-{s}": encode_stream(tokenizer, [wikitext_text(s)]) for s in ("valid", "test")}
         return cls(encode_stream(tokenizer, train_texts), encode_stream(tokenizer, val_texts), ood,
                    tokenizer.get_vocab_size())

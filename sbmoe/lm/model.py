@@ -38,6 +38,17 @@ class LMConfig:
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.001
 
+    def __post_init__(self) -> None:
+        if self.pool not in ("local", "group", "sliding"):
+            raise ValueError(f"unknown expert pool {self.pool!r}; choose local, group or sliding")
+        if self.psr_schedule not in ("none", "linear", "step"):
+            raise ValueError(f"unknown PSR schedule {self.psr_schedule!r}; choose none, linear or step")
+        if self.reuse < 1 or (self.pool == "local") != (self.reuse == 1):
+            raise ValueError(f"pool {self.pool!r} with reuse {self.reuse}: local pools take reuse 1, "
+                             "ReXMoE pools reuse >= 2")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: LMConfig) -> None:

@@ -52,6 +52,30 @@ def evaluate(model: MoELM, corpus: LMCorpus, config: LMTrainConfig) -> dict[str,
             "distinct_combinations": [s.distinct_combinations for s in stats]}
 
 
+def evaluate_final(model: MoELM, corpus: LMCorpus, batch_size: int = 16) -> dict[str, Any]:
+    """Perplexity on the whole held-out split (with its routing statistics) and on each WikiText-2 split."""
+    model.reset_routing_stats()
+    result: dict[str, Any] = {"val_ppl": model.perplexity(corpus.validation.long(), batch_size)}
+    stats = model.routing_stats()
+    for name, tokens in corpus.ood.items():
+        result[f"{name}_ppl"] = model.perplexity(tokens.long(), batch_size)
+    return {**result, "load_entropy": [s.entropy for s in stats],
+            "max_over_mean_load": [s.max_over_mean for s in stats],
+            "non_local_share": [s.non_local_share for s in stats],
+            "distinct_combinations": [s.distinct_combinations for s in stats]}
+
+
+def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:
+    """The model and history stored in ``output/checkpoint.pt`` by ``train_lm``."""
+    path = Path(output) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no LM checkpoint (train one with `sbmoe lm train`)")
+    state = torch.load(path, weights_only=False)
+    model = MoELM(LMConfig(**state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    return model, state["history"]
+
+
 def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
     """Train (resuming from ``output/checkpoint.pt`` when present); returns the model and its history."""
     torch.manual_seed(config.seed)
