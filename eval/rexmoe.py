@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import TimeBudget, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.data import LMCorpus
@@ -36,12 +37,6 @@ ARMS = {  # arm -> LMConfig overrides
     "rex-r4": {"pool": "group", "reuse": 4},
     "rex-r4-psr": {"pool": "group", "reuse": 4, "psr_schedule": "linear"},
 }
-
-
-def mean_std(values: list[float], digits: int = 2) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def layer_mean(record: dict, key: str) -> float:
@@ -64,9 +59,9 @@ def markdown(records: list[dict], arms: list[str], settings: dict, args_line: st
         if not mine:
             continue
         lines.append(
-            f"| {arm} | {mean_std([r['val_ppl'] for r in mine])} | {mean_std([r['ood_ppl'] for r in mine])} | "
+            f"| {arm} | {mean_std([r['val_ppl'] for r in mine], 2)} | {mean_std([r['ood_ppl'] for r in mine], 2)} | "
             f"{mean_std([layer_mean(r, 'load_entropy') for r in mine], 3)} | "
-            f"{mean_std([layer_mean(r, 'max_over_mean_load') for r in mine])} | "
+            f"{mean_std([layer_mean(r, 'max_over_mean_load') for r in mine], 2)} | "
             f"{mean_std([layer_mean(r, 'non_local_share') for r in mine], 3)} | "
             f"{mean_std([layer_mean(r, 'distinct_combinations') for r in mine], 1)} | {len(mine)} |")
     return "\n".join(lines) + "\n"
@@ -91,10 +86,7 @@ def plot(records: list[dict], arms: list[str], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("Validation perplexity over training (mean over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:
@@ -130,14 +122,12 @@ def main() -> None:
     settings = {**vars(args), "tokens_per_run": args.steps * args.batch_size * args.seq_len,
                 "train_tokens": len(corpus.train), "validation_tokens": len(corpus.validation)}
     records: list[dict] = []
-    skipped: list[str] = []
-    started, last_run = time.perf_counter(), 0.0
+    budget = TimeBudget(args.time_budget_min)
     for seed in seeds:  # seed-major: a cut-short run is a set of complete comparisons
         for arm in arms:
-            t0 = time.perf_counter()
-            if args.time_budget_min and (t0 - started + last_run) / 60 > args.time_budget_min:
-                skipped.append(f"{arm}/seed {seed}")
+            if not budget.start(f"{arm}/seed {seed}"):
                 continue
+            t0 = time.perf_counter()
             overrides = dict(ARMS[arm])
             if overrides.get("psr_schedule"):
                 overrides["psr_fraction"] = args.psr_fraction
@@ -157,15 +147,15 @@ def main() -> None:
                   f"{records[-1]['ood_ppl']:8.2f}  non-local {statistics.mean(final['non_local_share']):.3f}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
             write_json(RESULTS / "rexmoe.json", {"partial": True, "settings": settings, "records": records})
-            last_run = time.perf_counter() - t0
+            budget.finish()
 
     table = markdown(records, arms, settings, args_line)
-    if skipped:
-        table += f"\nNot run within the time budget: {', '.join(skipped)}.\n"
+    if budget.skipped:
+        table += f"\nNot run within the time budget: {', '.join(budget.skipped)}.\n"
     print("\n" + table)
     write_json(RESULTS / "rexmoe.json", {
-        "partial": bool(skipped), "skipped": skipped, "settings": settings, "records": records,
-        "total_seconds": round(time.perf_counter() - started, 1),
+        "partial": bool(budget.skipped), "skipped": budget.skipped, "settings": settings, "records": records,
+        "total_seconds": round(budget.elapsed(), 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     })
     with atomic_file(RESULTS / "rexmoe.md") as handle:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import TimeBudget, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation import evaluate_systems
@@ -43,12 +44,6 @@ RUNS = {
     "head-only": ({"moe": "top1", "freeze_encoder": True}, {"head-only": "top1"}),
 }
 ARMS = ["finetune", "sbmoe-top1", "sbmoe-all", "base", "head-only"]
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def markdown(records: list[dict], datasets: list[str], arms: list[str], model: str, args_line: str) -> str:
@@ -95,10 +90,7 @@ def bar_chart(records: list[dict], datasets: list[str], arms: list[str], path: P
     ax.set_ylabel("nDCG@10")
     ax.set_title("SB-MoE vs fine-tuning vs base (mean ± std over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:
@@ -123,19 +115,16 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
 
     records: list[dict] = []
-    started = time.perf_counter()
+    budget = TimeBudget(args.time_budget_min)
     workdir = Path(tempfile.mkdtemp(prefix="sbmoe-vs-base-"))
     try:
         # seed-major order: every finished seed is a complete comparison, so a cut-short run stays usable
         plan = [("base", None)] if "base" in arms else []
         plan += [(run, seed) for seed in seeds for run, (_, modes) in RUNS.items() if set(modes) & set(arms)]
-        last_run = 0.0
-        skipped: list[str] = []
         for run, seed in plan:
-            t0 = time.perf_counter()
-            if args.time_budget_min and (t0 - started + last_run) / 60 > args.time_budget_min:
-                skipped.append(f"{run}/seed {seed}")
+            if not budget.start(f"{run}/seed {seed}"):
                 continue
+            t0 = time.perf_counter()
             if run == "base":
                 model_ref, train_info, modes = args.model, {}, {"base": None}
             else:
@@ -167,20 +156,20 @@ def main() -> None:
             if run != "base":
                 shutil.rmtree(workdir / f"{run}-{seed}", ignore_errors=True)
                 shutil.rmtree(workdir / f"{run}-{seed}-checkpoints", ignore_errors=True)
-            last_run = time.perf_counter() - t0
+            budget.finish()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     dataset_names = list(dict.fromkeys(r["dataset"] for r in records))
     table = markdown(records, dataset_names, arms, args.model, args_line)
-    if skipped:
-        table += f"\n\nNot run within the time budget: {', '.join(skipped)}.\n"
+    if budget.skipped:
+        table += f"\n\nNot run within the time budget: {', '.join(budget.skipped)}.\n"
     print("\n" + table)
     write_json(RESULTS / "sbmoe_vs_base.json", {
-        "partial": bool(skipped), "skipped": skipped, "model": args.model, "train_data": args.train_data,
-        "arms": arms, "seeds": seeds,
+        "partial": bool(budget.skipped), "skipped": budget.skipped, "model": args.model,
+        "train_data": args.train_data, "arms": arms, "seeds": seeds,
         "settings": vars(args), "records": records,
-        "total_seconds": round(time.perf_counter() - started, 1),
+        "total_seconds": round(budget.elapsed(), 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     })
     with atomic_file(RESULTS / "sbmoe_vs_base.md") as handle:
