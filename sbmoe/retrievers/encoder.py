@@ -163,23 +163,21 @@ def _plain_hf_encoder(path: str, config: EncoderConfig) -> SentenceTransformer:
     return SentenceTransformer(modules=modules, device=config.device or "cpu")
 
 
+def _pooling_position(model: SentenceTransformer) -> int:
+    for position, module in enumerate(model):
+        if isinstance(module, Pooling):
+            return position
+    raise ValueError("model has no Pooling module (the SB-MoE head reads pooled embeddings)")
+
+
 def pooling_prefix(model: SentenceTransformer) -> SentenceTransformer:
     """The model's modules up to and including Pooling: where the SB-MoE head reads its input."""
-    modules = []
-    for module in model:
-        modules.append(module)
-        if isinstance(module, Pooling):
-            return SentenceTransformer(modules=modules, device=str(model.device))
-    raise ValueError("model has no Pooling module to put the SB-MoE head after")
+    return SentenceTransformer(modules=list(model)[:_pooling_position(model) + 1], device=str(model.device))
 
 
 def after_pooling(model: SentenceTransformer) -> list[torch.nn.Module]:
     """The modules after Pooling (SB-MoE head or Router of heads, Normalize): cheap next to the encoder."""
-    modules = list(model)
-    cut = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
-    if cut is None:
-        raise ValueError("model has no Pooling module")
-    return modules[cut + 1:]
+    return list(model)[_pooling_position(model) + 1:]
 
 
 @torch.inference_mode()
