@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..moe.moe_layer import ExpertFFNBank, MoEFeedForward, RoutingStats
-from ..moe.rexmoe import layer_candidates, pool_balance_loss, psr_mask
+from ..moe.rexmoe import POOL_MODES, PSR_SCHEDULES, layer_candidates, pool_balance_loss, psr_mask
 
 
 @dataclass
@@ -39,10 +39,10 @@ class LMConfig:
     z_loss_weight: float = 0.001
 
     def __post_init__(self) -> None:
-        if self.pool not in ("local", "group", "sliding"):
-            raise ValueError(f"unknown expert pool {self.pool!r}; choose local, group or sliding")
-        if self.psr_schedule not in ("none", "linear", "step"):
-            raise ValueError(f"unknown PSR schedule {self.psr_schedule!r}; choose none, linear or step")
+        if self.pool not in POOL_MODES:
+            raise ValueError(f"unknown expert pool {self.pool!r}; choose one of {', '.join(POOL_MODES)}")
+        if self.psr_schedule not in PSR_SCHEDULES:
+            raise ValueError(f"unknown PSR schedule {self.psr_schedule!r}; choose one of {', '.join(PSR_SCHEDULES)}")
         if self.reuse < 1 or (self.pool == "local") != (self.reuse == 1):
             raise ValueError(f"pool {self.pool!r} with reuse {self.reuse}: local pools take reuse 1, "
                              "ReXMoE pools reuse >= 2")

@@ -45,10 +45,19 @@ def evaluate(model: MoELM, corpus: LMCorpus, config: LMTrainConfig) -> dict[str,
     span = config.eval_batches * config.batch_size * model.config.seq_len + 1
     model.reset_routing_stats()
     ppl = model.perplexity(corpus.validation[:span].long(), config.batch_size)
+    return {"val_ppl": ppl, **routing_summary(model, digits=4)}
+
+
+def routing_summary(model: MoELM, digits: int | None = None) -> dict[str, list]:
+    """Per-layer routing statistics since the last reset, as lists over layers (floats rounded if asked)."""
     stats = model.routing_stats()
-    return {"val_ppl": ppl, "load_entropy": [round(s.entropy, 4) for s in stats],
-            "non_local_share": [round(s.non_local_share, 4) for s in stats],
-            "max_over_mean_load": [round(s.max_over_mean, 3) for s in stats],
+
+    def column(values: list[float]) -> list[float]:
+        return [round(v, digits) for v in values] if digits is not None else values
+
+    return {"load_entropy": column([s.entropy for s in stats]),
+            "max_over_mean_load": column([s.max_over_mean for s in stats]),
+            "non_local_share": column([s.non_local_share for s in stats]),
             "distinct_combinations": [s.distinct_combinations for s in stats]}
 
 
@@ -56,13 +65,10 @@ def evaluate_final(model: MoELM, corpus: LMCorpus, batch_size: int = 16) -> dict
     """Perplexity on the whole held-out split (with its routing statistics) and on each WikiText-2 split."""
     model.reset_routing_stats()
     result: dict[str, Any] = {"val_ppl": model.perplexity(corpus.validation.long(), batch_size)}
-    stats = model.routing_stats()
+    routing = routing_summary(model)  # read before the WikiText passes add their routing
     for name, tokens in corpus.ood.items():
         result[f"{name}_ppl"] = model.perplexity(tokens.long(), batch_size)
-    return {**result, "load_entropy": [s.entropy for s in stats],
-            "max_over_mean_load": [s.max_over_mean for s in stats],
-            "non_local_share": [s.non_local_share for s in stats],
-            "distinct_combinations": [s.distinct_combinations for s in stats]}
+    return {**result, **routing}
 
 
 def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:

@@ -64,7 +64,10 @@ class MoEFeedForward(nn.Module):
                                       renormalize=renormalize, aux_loss_weight=aux_loss_weight,
                                       z_loss_weight=z_loss_weight)
         self.last_routing: RouterOutput | None = None
-        self._combinations: set[tuple[int, ...]] = set()
+        self._combinations: set[int] = set()
+        # mixed-radix code of a sorted top-k tuple of candidate positions (base C), unique per combination
+        radix = torch.tensor([len(candidates) ** i for i in reversed(range(top_k))], dtype=torch.long)
+        self.register_buffer("_radix", radix, persistent=False)
 
     def forward(self, x: Tensor, candidate_mask: Tensor | None = None) -> Tensor:
         """x (B, T, d) -> (B, T, d). ``candidate_mask`` (C,) bool hides candidates (PSR)."""
@@ -73,8 +76,9 @@ class MoEFeedForward(nn.Module):
         self.last_routing = routed
         kept = routed.weights.gather(1, routed.indices)
         out = self.bank(flat, self.candidates[routed.indices], kept)
-        with torch.no_grad():
-            self._combinations.update(map(tuple, routed.indices.sort(dim=1).values.tolist()))
+        with torch.no_grad():  # one int per distinct sorted top-k tuple, so the set grows by few per step
+            codes = routed.indices.sort(dim=1).values @ self._radix
+            self._combinations.update(torch.unique(codes).tolist())
         return out.reshape_as(x)
 
     def stats(self) -> RoutingStats:
