@@ -1,7 +1,7 @@
 """Sort-based token dispatch: align token slots by expert, then one matmul per expert group.
 
 The split follows fused-MoE kernels: ``align_by_expert`` is a pure index step (which token slot goes
-where), ``grouped_ffn`` the compute over contiguous expert groups. A Triton kernel replaces exactly
+where), ``grouped_ffn`` the compute over contiguous expert groups. A Triton kernel is to replace exactly
 ``grouped_ffn`` with the same signature; ``moe_dispatch`` composes the two and scatters the weighted
 outputs back to their tokens.
 """
