@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import machine_line
 
 from sbmoe.atomic import write_json
 from sbmoe.moe.dispatch import activation, align_by_expert, masked_loop_dispatch, moe_dispatch
@@ -149,7 +149,7 @@ def main() -> None:
     write_json(RESULTS / "bench_dispatch.json", {
         "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(), "settings": vars(args),
         "peak_matmul_gflops": round(peak / 1e9, 1), "results": rows,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine_line(),
     })
 
 

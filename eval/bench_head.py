@@ -13,11 +13,11 @@ Writes eval/results/bench_head.json.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
+from report import machine_line
 from torch import Tensor, nn
 
 from sbmoe.atomic import write_json
@@ -104,7 +104,7 @@ def main() -> None:
     write_json(RESULTS / "bench_head.json", {
         "docs": len(texts), "encode_seconds": round(encode_seconds, 2), "head_seconds": round(head_seconds, 4),
         "head_share_of_encoding": round(share, 5), "training_rows_per_step": rows, "training": training,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine_line(),
     })
 
 

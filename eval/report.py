@@ -1,10 +1,13 @@
-"""Helpers the experiment scripts share: mean ± std cells, atomic PNG writing, a time budget."""
+"""Helpers the eval scripts share: mean ± std cells, atomic PNG writing, a time budget, the machine line."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from pathlib import Path
+
+import torch
 
 from sbmoe.atomic import atomic_file
 
@@ -14,6 +17,11 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def machine_line() -> str:
+    """The machine a result was measured on, as the result JSONs record it."""
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def save_png(fig, path: Path) -> None:

@@ -16,13 +16,11 @@ seed), rexmoe.md (mean +- std over seeds) and rexmoe.png (validation perplexity 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
-from report import TimeBudget, mean_std, save_png
+from report import TimeBudget, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.data import LMCorpus
@@ -156,7 +154,7 @@ def main() -> None:
     write_json(RESULTS / "rexmoe.json", {
         "partial": bool(budget.skipped), "skipped": budget.skipped, "settings": settings, "records": records,
         "total_seconds": round(budget.elapsed(), 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine_line(),
     })
     with atomic_file(RESULTS / "rexmoe.md") as handle:
         handle.write(table)

@@ -18,15 +18,13 @@ Writes eval/results/sbmoe_vs_base.json (one record per arm, dataset and seed), s
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from report import TimeBudget, mean_std, save_png
+from report import TimeBudget, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation import evaluate_systems
@@ -136,11 +134,11 @@ def main() -> None:
                                      show_progress=False, **settings)
                 train(config)
                 model_ref, train_info = str(out), {"train_seconds": round(time.perf_counter() - t0, 1)}
-            model = load_encoder(EncoderConfig(model=model_ref, max_length=256))
+            encoder_config = EncoderConfig(model=model_ref, max_length=256)
+            model = load_encoder(encoder_config)
             # pooled corpus embeddings are cached: the base encoder's serve base and head-only, and one
             # encoder pass of a fine-tuned SB-MoE model serves both of its inference modes
-            system = dense_system(EncoderConfig(model=model_ref, max_length=256), model=model,
-                                  show_progress=False, cache_pooled=True)
+            system = dense_system(encoder_config, model=model, show_progress=False, cache_pooled=True)
             for arm, mode in modes.items():
                 if arm not in arms:
                     continue
@@ -170,7 +168,7 @@ def main() -> None:
         "train_data": args.train_data, "arms": arms, "seeds": seeds,
         "settings": vars(args), "records": records,
         "total_seconds": round(budget.elapsed(), 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine_line(),
     })
     with atomic_file(RESULTS / "sbmoe_vs_base.md") as handle:
         handle.write(table + "\n")
