@@ -24,7 +24,8 @@ import torch
 
 from sbmoe.atomic import write_json
 from sbmoe.data import BeirDataset
-from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder, set_threads
+from sbmoe.models.encoder import EncoderConfig, load_encoder, set_threads
+from sbmoe.models.encoding import encode_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from sbmoe.atomic import write_json
 from sbmoe.data import BeirDataset
+from sbmoe.models.encoder import EncoderConfig, load_encoder
+from sbmoe.models.encoding import encode_texts
+from sbmoe.models.pipeline import pooling_prefix, with_head
+from sbmoe.models.sbmoe_head import SBMoEHead
 from sbmoe.moe.experts import ExpertBank
-from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder, pooling_prefix
-from sbmoe.retrievers.sbmoe_head import SBMoEHead
-from sbmoe.retrievers.training import with_head
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -45,7 +45,7 @@ def mixture_chunk(start: int, rows: int, centers: np.ndarray, seed: int) -> np.n
 
 def write_synthetic_shards(folder: Path, n: int, chunk: int, seed: int = 0):
     from sbmoe.atomic import atomic_file
-    from sbmoe.retrievers.shards import ShardManifest, shard_paths
+    from sbmoe.index.shards import ShardManifest, shard_paths
 
     centers = np.random.default_rng(seed).standard_normal((4096, DIM)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -76,8 +76,8 @@ def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
 
 def child(args: argparse.Namespace) -> None:
     """Build one index type from the synthetic shards, search, print one JSON line."""
-    from sbmoe.retrievers.index import IndexMeta
-    from sbmoe.retrievers.shards import ShardManifest, index_from_shards
+    from sbmoe.index.faiss_index import IndexMeta
+    from sbmoe.index.shards import ShardManifest, index_from_shards
 
     folder = Path(args.shards)
     manifest = ShardManifest(**json.loads((folder / "manifest.json").read_text()))
@@ -108,9 +108,10 @@ def run_child(name: str, folder: Path, count: int) -> dict:
 
 def scifact_rows() -> list[dict]:
     from sbmoe.data import BeirDataset
-    from sbmoe.retrievers.embedding_cache import CorpusEmbeddingCache
-    from sbmoe.retrievers.encoder import EncoderConfig, encode_texts, load_encoder
-    from sbmoe.retrievers.retriever import encode_corpus
+    from sbmoe.index.faiss_index import new_faiss_index
+    from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
+    from sbmoe.models.encoding import encode_corpus, encode_texts
 
     model = load_encoder(EncoderConfig(model="minilm"))
     dataset = BeirDataset.open("scifact")
@@ -121,9 +122,7 @@ def scifact_rows() -> list[dict]:
              "ivf": ("IVF64,Flat", {}, {"nprobe": 8}), "ivfpq": ("IVF64,PQ48x8", {}, {"nprobe": 8})}
     results, exact = [], None
     for name, (factory, build, search) in small.items():
-        index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
-        if build:
-            faiss.downcast_index(index).hnsw.efConstruction = build["efConstruction"]
+        index = new_faiss_index(DIM, factory, build)
         start = time.perf_counter()
         if not index.is_trained:
             index.train(docs)

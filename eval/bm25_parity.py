@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from sbmoe.atomic import write_json
+from sbmoe.bm25.engines import BM25Config, Bm25sIndex, LuceneBM25, engine_for
 from sbmoe.data import BeirDataset
-from sbmoe.evaluation import evaluate_run
-from sbmoe.retrievers.bm25 import BM25Config, Bm25sIndex, LuceneBM25, engine_for
+from sbmoe.evaluation.metrics import evaluate_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PUBLISHED = {"scifact": {"ndcg10": 0.6789, "r100": 0.9253}}

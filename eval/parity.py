@@ -20,9 +20,10 @@ import torch
 
 from sbmoe.atomic import write_json
 from sbmoe.data import BeirDataset
-from sbmoe.evaluation import evaluate_systems
-from sbmoe.retrievers.encoder import EncoderConfig, resolve_model_name
-from sbmoe.retrievers.retriever import dense_system
+from sbmoe.evaluation.benchmark import evaluate_systems
+from sbmoe.evaluation.systems import dense_system
+from sbmoe.models.aliases import resolve_model_name
+from sbmoe.models.encoder import EncoderConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

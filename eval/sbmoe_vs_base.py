@@ -27,19 +27,22 @@ from pathlib import Path
 from report import TimeBudget, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
-from sbmoe.evaluation import evaluate_systems
-from sbmoe.retrievers.encoder import EncoderConfig, load_encoder
-from sbmoe.retrievers.retriever import dense_system
-from sbmoe.retrievers.training import TrainConfig, sbmoe_heads, train
+from sbmoe.evaluation.benchmark import evaluate_systems
+from sbmoe.evaluation.systems import dense_system
+from sbmoe.models.encoder import EncoderConfig, load_encoder
+from sbmoe.models.pipeline import sbmoe_heads
+from sbmoe.training.config import TrainConfig
+from sbmoe.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ["nDCG@10", "R@100"]
-# training run -> (its TrainConfig settings, {arm: SB-MoE inference mode}). The head trains with noisy
-# top-1 routing whatever its inference mode, so (b) and (c) are one trained model evaluated twice.
+# training run -> (its TrainConfig settings, {arm: SB-MoE inference mode}). The paper's gate trains with
+# noisy top-1 routing whatever its inference mode (its router gets no gradient; eval/sbmoe_zero_shot.py
+# compares trainable gates), so (b) and (c) are one trained model evaluated twice.
 RUNS = {
     "finetune": ({"moe": "none"}, {"finetune": None}),
-    "sbmoe": ({"moe": "top1"}, {"sbmoe-top1": "top1", "sbmoe-all": "all"}),
-    "head-only": ({"moe": "top1", "freeze_encoder": True}, {"head-only": "top1"}),
+    "sbmoe": ({"moe": "top1", "gate": "paper"}, {"sbmoe-top1": "top1", "sbmoe-all": "all"}),
+    "head-only": ({"moe": "top1", "gate": "paper", "freeze_encoder": True}, {"head-only": "top1"}),
 }
 ARMS = ["finetune", "sbmoe-top1", "sbmoe-all", "base", "head-only"]
 

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from .atomic import atomic_file
 
 Run = dict[str, dict[str, float]]
+DEFAULT_DEPTH = 100  # hits per query written by `sbmoe search` and `sbmoe bm25 search`
 
 
 def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
     """Hits by descending score, ties broken by doc id so that runs are reproducible."""
     return sorted(hits.items(), key=lambda item: (-item[1], item[0]))
+
+
+def top_hits(hits: Iterable[tuple[str, float]], qid: str, k: int, drop_self_hits: bool = False) -> dict[str, float]:
+    """The first ``k`` of ``hits`` (already in rank order), skipping a hit whose id is ``qid`` when asked.
+
+    Searchers fetch k + 1 hits when dropping self-hits (BEIR's ignore_identical_ids), so k remain.
+    """
+    kept: dict[str, float] = {}
+    for doc_id, score in hits:
+        if len(kept) == k:
+            break
+        if not (drop_self_hits and doc_id == qid):
+            kept[doc_id] = score
+    return kept
 
 
 def write_trec_run(run: Run, path: Path, tag: str = "sbmoe") -> Path:

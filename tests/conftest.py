@@ -23,7 +23,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
-    from sbmoe.retrievers.encoder import minilm_path
+    from sbmoe.models.aliases import minilm_path
 
     path = minilm_path()
     if path is None:
@@ -75,6 +75,6 @@ def scifact_slice(tmp_path_factory: pytest.TempPathFactory, scifact_dir: Path) -
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_bert_dir: Path):
-    from sbmoe.retrievers.encoder import EncoderConfig, load_encoder
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
 
     return load_encoder(EncoderConfig(model=str(tiny_bert_dir), batch_size=16))

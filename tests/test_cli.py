@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sbmoe.cli import app
-from sbmoe.evaluation import evaluate_run
+from sbmoe.evaluation.metrics import evaluate_run
 from sbmoe.runs import read_trec_run
 
 runner = CliRunner()

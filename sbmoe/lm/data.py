@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_file
-from ..data import BeirDataset
-from ..data.registry import DatasetNotFoundError, search_roots
+from ..data import BeirDataset, DatasetNotFoundError, search_roots
 
 
 def is_held_out(doc_id: str, fraction: float) -> bool:

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from ..moe.moe_layer import ExpertFFNBank, MoEFeedForward, RoutingStats
 from ..moe.rexmoe import POOL_MODES, PSR_SCHEDULES, layer_candidates, pool_balance_loss, psr_mask
 
+PSR_FRACTION = 0.5  # default share of training over which PSR unmasks, when a PSR schedule is chosen
+
 
 @dataclass
 class LMConfig:

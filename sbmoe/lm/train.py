@@ -16,6 +16,7 @@ from .data import LMCorpus
 from .model import LMConfig, MoELM
 
 CHECKPOINT = "checkpoint.pt"
+TOKENIZER = "tokenizer.json"
 
 
 @dataclass
@@ -131,3 +132,23 @@ def save_checkpoint(path: Path, model: MoELM, optimizer, generator: torch.Genera
                         for k, v in config.__dict__.items()}}
     with atomic_file(path, "wb") as handle:
         torch.save(state, handle)
+
+
+def train_and_evaluate(config: LMTrainConfig) -> dict[str, Any]:
+    """``sbmoe lm train``: build the corpus (tokenizer saved beside the checkpoint), train or resume, and
+    return the final perplexities and routing statistics."""
+    if config.output is None:
+        raise ValueError("an output folder is needed for the checkpoint and tokenizer")
+    corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=Path(config.output) / TOKENIZER)
+    config.model.vocab_size = corpus.vocab_size
+    model, _ = train_lm(config, corpus)
+    return evaluate_final(model, corpus)
+
+
+def evaluate_saved(output: Path) -> dict[str, Any]:
+    """``sbmoe lm eval``: perplexities and routing statistics of a model saved by ``train_and_evaluate``."""
+    model, _ = load_trained(output)
+    tokenizer = Path(output) / TOKENIZER
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{tokenizer}: not found (the model was not trained with `sbmoe lm train`)")
+    return evaluate_final(model, LMCorpus.build(tokenizer_path=tokenizer))

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROUTING_MODES = ("top1", "topk", "all", "random")
+# How routing logits become weights. ``topk``/``top1`` keep the top probabilities; ``all`` is the dense
+# softmax; ``random`` one uniformly random expert at weight 1 (a control); ``straight_through`` and
+# ``gumbel`` pick one expert at weight 1 in the forward pass but pass the softmax's gradient to the gate
+# (straight-through estimator; Gumbel-softmax with hard samples), so a hard top-1 router still learns.
+ROUTING_MODES = ("top1", "topk", "all", "random", "straight_through", "gumbel")
 
 
 @dataclass
@@ -52,8 +56,7 @@ class NoisyTopKRouter(nn.Module):
         num_experts: E.
         gate_hidden: hidden size of a two-layer gate Linear(d, h) -> ReLU -> Linear(h, E); ``None`` for
             a single linear gate (token-level MoE).
-        mode: ``top1``, ``topk``, ``all`` (dense softmax) or ``random`` (a uniformly random expert with
-            weight 1: the control arm).
+        mode: the default routing rule, one of ``ROUTING_MODES``; ``forward`` takes another per call.
         top_k: experts per input in ``topk`` mode.
         noisy: in training, add N(0, 1) * softplus(Linear(d, E)(x)) to the logits.
         renormalize: divide the kept top-k probabilities by their sum.
@@ -91,8 +94,14 @@ class NoisyTopKRouter(nn.Module):
         self.noise = nn.Linear(dim, num_experts) if noisy else None
         self.register_buffer("usage_counts", torch.zeros(num_experts, dtype=torch.float64), persistent=False)
 
-    def forward(self, x: Tensor, candidate_mask: Tensor | None = None) -> RouterOutput:
-        """Route inputs ``x`` (N, d). ``candidate_mask`` (E,) or (N, E) bool hides experts where False."""
+    def forward(self, x: Tensor, candidate_mask: Tensor | None = None, mode: str | None = None) -> RouterOutput:
+        """Route inputs ``x`` (N, d) by ``mode`` (default: the router's own).
+
+        ``candidate_mask`` (E,) or (N, E) bool hides experts where False.
+        """
+        mode = mode or self.mode
+        if mode not in ROUTING_MODES:
+            raise ValueError(f"unknown routing mode {mode!r}; choose one of {', '.join(ROUTING_MODES)}")
         logits = self.gate(x)
         if self.noise is not None and self.training:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
@@ -100,15 +109,20 @@ class NoisyTopKRouter(nn.Module):
             logits = logits.masked_fill(~candidate_mask.to(torch.bool), float("-inf"))
         probs = torch.softmax(logits, dim=-1)
 
-        if self.mode == "all":
+        if mode == "all":
             weights = probs
             indices = probs.argmax(dim=-1, keepdim=True)
-        elif self.mode == "random":
+        elif mode == "random":
             allowed = torch.ones_like(probs) if candidate_mask is None else candidate_mask.expand_as(probs).to(probs)
             indices = torch.multinomial(allowed, 1)
             weights = torch.zeros_like(probs).scatter(1, indices, 1.0)
+        elif mode in ("straight_through", "gumbel"):
+            soft = F.gumbel_softmax(logits, tau=1.0, hard=False) if mode == "gumbel" and self.training else probs
+            indices = soft.argmax(dim=-1, keepdim=True)
+            hard = torch.zeros_like(soft).scatter(1, indices, 1.0)
+            weights = hard - soft.detach() + soft  # value: one-hot; gradient: the softmax's
         else:
-            kept, indices = probs.topk(self.top_k, dim=-1)
+            kept, indices = probs.topk(1 if mode == "top1" else self.top_k, dim=-1)
             if self.renormalize:
                 kept = kept / kept.sum(dim=-1, keepdim=True)
             weights = torch.zeros_like(probs).scatter(1, indices, kept)

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval systems, ir-measures scoring, reports and leaderboards."""

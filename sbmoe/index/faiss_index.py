@@ -1,0 +1,203 @@
+"""A FAISS index on disk with its doc ids and the metadata needed to refuse a mismatched encoder.
+
+Layout of an index folder: ``index.faiss``, ``doc_ids.txt`` (one id a line, in FAISS row order) and
+``meta.json``. The folder is written beside its final path and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from .. import __version__
+from ..atomic import atomic_dir
+from ..models.fingerprint import model_fingerprint
+from ..models.pipeline import normalizes, pooling_mode
+
+META_FILE = "meta.json"
+INDEX_FILE = "index.faiss"
+IDS_FILE = "doc_ids.txt"
+
+
+class IndexMismatchError(ValueError):
+    """The index was built with a different encoder or dimension than the one searching it."""
+
+
+@dataclass
+class IndexMeta:
+    """What built the index; stored as meta.json."""
+
+    model: str
+    model_fingerprint: str
+    pooling: str
+    dim: int
+    normalize: bool
+    count: int
+    max_length: int | None = None
+    factory: str = "Flat"
+    metric: str = "ip"
+    build_params: dict[str, Any] = field(default_factory=dict)
+    search_params: dict[str, Any] = field(default_factory=dict)
+    corpus_fingerprint: str | None = None
+    sbmoe_version: str = __version__
+
+    @classmethod
+    def from_json(cls, path: Path) -> IndexMeta:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IndexMismatchError(f"{path}: not found; is this an sbmoe index folder?") from None
+        except json.JSONDecodeError as exc:
+            raise IndexMismatchError(f"{path}: invalid JSON ({exc.msg})") from None
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        missing = {"model", "model_fingerprint", "pooling", "dim", "normalize", "count"} - set(known)
+        if missing:
+            raise IndexMismatchError(f"{path}: missing keys {sorted(missing)}")
+        return cls(**known)
+
+
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+
+
+@dataclass(frozen=True)
+class IndexType:
+    """An index type sbmoe names and its shape parameters; ``factory`` gives the faiss factory string."""
+
+    kind: str = "flat"
+    hnsw_m: int = 32
+    nlist: int = 1024
+    pq_m: int = 48
+    pq_bits: int = 8
+
+    def factory(self) -> str:
+        factories = {"flat": "Flat", "hnsw": f"HNSW{self.hnsw_m},Flat", "ivf": f"IVF{self.nlist},Flat",
+                     "ivfpq": f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}"}
+        if self.kind not in factories:
+            raise ValueError(f"unknown index type {self.kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+        return factories[self.kind]
+
+
+def factory_string(kind: str, **shape: int) -> str:
+    """faiss index-factory string of an index type: flat, hnsw, ivf, ivfpq (``shape``: IndexType fields)."""
+    return IndexType(kind, **shape).factory()
+
+
+def index_meta_for(model: SentenceTransformer, model_name: str, factory: str = "Flat") -> IndexMeta:
+    return IndexMeta(
+        model=model_name,
+        model_fingerprint=model_fingerprint(model),
+        pooling=pooling_mode(model),
+        dim=model.get_embedding_dimension(),
+        normalize=normalizes(model),
+        count=0,
+        max_length=model.max_seq_length,
+        factory=factory,
+    )
+
+
+def new_faiss_index(dim: int, factory: str, build_params: dict[str, Any] | None = None) -> faiss.Index:
+    """An empty inner-product index of any faiss factory type, with its build-time parameters set.
+
+    The one place an index is created: in-memory builds, builds from shards and the benchmark use it.
+    """
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    for name, value in (build_params or {}).items():
+        if name != "efConstruction":
+            raise ValueError(f"unknown index build parameter {name!r}")
+        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+        if hnsw is None:
+            raise ValueError(f"efConstruction applies to HNSW indexes, not {type(index).__name__}")
+        hnsw.efConstruction = int(value)
+    return index
+
+
+class DenseIndex:
+    """FAISS inner-product index plus doc ids; scores are dot products of the stored embeddings."""
+
+    def __init__(self, index: faiss.Index, doc_ids: list[str], meta: IndexMeta) -> None:
+        if index.ntotal != len(doc_ids):
+            raise IndexMismatchError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids")
+        if index.d != meta.dim:
+            raise IndexMismatchError(f"index dimension {index.d} differs from meta.json's {meta.dim}")
+        self.index = index
+        self.doc_ids = doc_ids
+        self.meta = meta
+
+    @classmethod
+    def from_embeddings(cls, embeddings: np.ndarray, doc_ids: list[str], meta: IndexMeta) -> DenseIndex:
+        """Build an index of type ``meta.factory`` (a faiss index-factory string) over ``embeddings``."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != meta.dim:
+            raise IndexMismatchError(f"embeddings of shape {embeddings.shape} do not match dim {meta.dim}")
+        if len(doc_ids) == 0:
+            raise ValueError("cannot build an index over an empty corpus")
+        index = new_faiss_index(meta.dim, meta.factory, meta.build_params)
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if not index.is_trained:
+            index.train(vectors)
+        index.add(vectors)
+        meta.count = len(doc_ids)
+        built = cls(index, list(doc_ids), meta)
+        built.apply_search_params(meta.search_params)
+        return built
+
+    def save(self, path: Path, overwrite: bool = False) -> Path:
+        """Write the three files into a temporary folder and rename it to ``path``."""
+        with atomic_dir(Path(path), overwrite=overwrite) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            (tmp / IDS_FILE).write_text("".join(f"{d}\n" for d in self.doc_ids), encoding="utf-8")
+            (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n", encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> DenseIndex:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: index folder not found")
+        meta = IndexMeta.from_json(path / META_FILE)
+        if not (path / INDEX_FILE).is_file():
+            raise IndexMismatchError(f"{path / INDEX_FILE}: not found")
+        index = faiss.read_index(str(path / INDEX_FILE))
+        doc_ids = (path / IDS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
+        loaded = cls(index, doc_ids, meta)
+        loaded.apply_search_params(meta.search_params)
+        return loaded
+
+    def check_encoder(self, fingerprint: str, dim: int) -> None:
+        """Refuse to search with an encoder other than the one that built the index."""
+        if dim != self.meta.dim:
+            raise IndexMismatchError(
+                f"encoder produces {dim}-d embeddings but the index holds {self.meta.dim}-d vectors "
+                f"(built with {self.meta.model})"
+            )
+        if fingerprint != self.meta.model_fingerprint:
+            raise IndexMismatchError(
+                f"encoder does not match the one that built this index ({self.meta.model}, fingerprint "
+                f"{self.meta.model_fingerprint[:12]}, got {fingerprint[:12]}); re-index or pass the same model"
+            )
+
+    def apply_search_params(self, params: dict[str, Any]) -> None:
+        """Set faiss search-time parameters such as ``nprobe`` or ``efSearch``."""
+        if params:
+            space = faiss.ParameterSpace()
+            for name, value in params.items():
+                try:
+                    space.set_index_parameter(self.index, name, value)
+                except RuntimeError as exc:
+                    raise ValueError(f"search parameter {name!r} does not apply to {self.meta.factory} "
+                                     f"indexes") from exc
+            self.meta.search_params = {**self.meta.search_params, **params}
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` scores and doc ids for each query row (fewer where the index holds fewer)."""
+        if queries.ndim != 2 or queries.shape[1] != self.meta.dim:
+            raise IndexMismatchError(f"query embeddings of shape {queries.shape} do not match dim {self.meta.dim}")
+        k = min(k, self.index.ntotal)
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
+        return scores, ids

@@ -1,0 +1,100 @@
+"""Dense retrieval: an encoder and a FAISS index built with it, searched with query texts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer
+
+from ..data import BeirDataset, load_queries
+from ..models.embedding_cache import CorpusEmbeddingCache
+from ..models.encoder import EncoderConfig, load_encoder
+from ..models.encoding import encode_corpus, encode_texts
+from ..models.fingerprint import model_fingerprint
+from ..runs import DEFAULT_DEPTH, Run, top_hits, write_trec_run
+from .faiss_index import DenseIndex, index_meta_for
+
+logger = logging.getLogger(__name__)
+
+
+class Retriever:
+    """An encoder and an index built with it. ``search`` maps queries to ranked doc ids and scores."""
+
+    def __init__(self, model: SentenceTransformer, index: DenseIndex, batch_size: int = 64) -> None:
+        index.check_encoder(model_fingerprint(model), model.get_embedding_dimension())
+        self.model = model
+        self.index = index
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_index(
+        cls, index_dir: Path, model: SentenceTransformer | EncoderConfig | str | None = None
+    ) -> Retriever:
+        """Open an index folder; the encoder defaults to the one named in its meta.json."""
+        index = DenseIndex.load(Path(index_dir))
+        if model is None:
+            model = EncoderConfig(model=index.meta.model)
+        if isinstance(model, str):
+            model = EncoderConfig(model=model)
+        if isinstance(model, EncoderConfig):
+            batch_size = model.batch_size
+            model = load_encoder(model)
+        else:
+            batch_size = 64
+        return cls(model, index, batch_size)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        model: SentenceTransformer,
+        dataset: BeirDataset,
+        batch_size: int = 64,
+        cache: CorpusEmbeddingCache | None = None,
+        show_progress: bool = True,
+        model_name: str = "model",
+    ) -> Retriever:
+        """An in-memory exact (Flat) index over ``dataset``'s corpus."""
+        doc_ids, embeddings = encode_corpus(model, dataset, batch_size, cache=cache, show_progress=show_progress)
+        index = DenseIndex.from_embeddings(embeddings, doc_ids, index_meta_for(model, model_name))
+        return cls(model, index, batch_size)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(self.model, texts, self.batch_size, task="query")
+
+    def search(
+        self, queries: Mapping[str, str] | Sequence[str], k: int = DEFAULT_DEPTH, drop_self_hits: bool = False
+    ) -> Run:
+        """Top-``k`` documents for each query as {query id: {doc id: score}}.
+
+        A plain list of query strings gets ids "0", "1", .... With ``drop_self_hits`` a document whose
+        id equals the query id is removed and one more hit is fetched in its place (BEIR's convention).
+        """
+        if not isinstance(queries, Mapping):
+            queries = {str(i): text for i, text in enumerate(queries)}
+        if not queries:
+            return {}
+        qids = list(queries)
+        embeddings = self.encode_queries([queries[q] for q in qids])
+        scores, ids = self.index.search(embeddings, k + 1 if drop_self_hits else k)
+        return {qid: top_hits(zip(row_ids, map(float, row_scores), strict=False), qid, k, drop_self_hits)
+                for qid, row_scores, row_ids in zip(qids, scores, ids, strict=True)}
+
+
+def search_to_trec(index_dir: Path, queries: str, output: Path, k: int = DEFAULT_DEPTH, split: str | None = None,
+                   model: str | None = None, search_params: dict[str, int] | None = None,
+                   batch_size: int = EncoderConfig.batch_size) -> Run:
+    """``sbmoe search``: queries (a file, or a dataset's judged ones) against an index folder -> TREC run.
+
+    The encoder defaults to the one named in the index's meta.json; ``search_params`` (nprobe, efSearch)
+    override the stored ones.
+    """
+    texts, drop_self_hits = load_queries(queries, split)
+    retriever = Retriever.from_index(index_dir, EncoderConfig(model=model, batch_size=batch_size) if model else None)
+    retriever.batch_size = batch_size
+    retriever.index.apply_search_params(search_params or {})
+    run = retriever.search(texts, k=k, drop_self_hits=drop_self_hits)
+    write_trec_run(run, output, tag=f"sbmoe-{Path(retriever.index.meta.model).name}")
+    return run

@@ -1,0 +1,98 @@
+"""Loading BERT-family encoders as sentence-transformers pipelines.
+
+Every encoder is a ``SentenceTransformer`` (Transformer -> Pooling -> [SB-MoE head] -> [Normalize]),
+so anything sbmoe saves loads in BEIR, MTEB or plain sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+from .aliases import ModelLoadError, offline_models, resolve_model_name
+from .pipeline import replace_pooling, set_normalize
+
+POOLING_MODES = ("mean", "cls", "max")
+
+
+@dataclass
+class EncoderConfig:
+    """Which encoder to load and how to embed with it. ``None`` keeps the model's own setting."""
+
+    model: str = "minilm"
+    pooling: str | None = None
+    max_length: int | None = None
+    normalize: bool | None = None
+    batch_size: int = 64
+    device: str | None = None
+
+
+def needs_sbmoe_code(path: str) -> bool:
+    """True when a local model's modules.json names sbmoe's own modules (an SB-MoE head).
+
+    sentence-transformers >= 6 imports module classes outside its own namespace only with
+    ``trust_remote_code=True``. For these folders the code in question is the installed sbmoe package that
+    is loading them, so sbmoe passes the flag; any other third-party class still needs the user's consent.
+    """
+    modules_file = Path(path) / "modules.json"
+    if not modules_file.is_file():
+        return False
+    types = [entry.get("type", "") for entry in json.loads(modules_file.read_text(encoding="utf-8"))]
+    for router_config in Path(path).glob("*/router_config.json"):  # a Router names its sub-modules' classes
+        types += list(json.loads(router_config.read_text(encoding="utf-8")).get("types", {}).values())
+    custom = [t for t in types if not t.startswith("sentence_transformers.")]
+    return bool(custom) and all(t.startswith("sbmoe.") for t in custom)
+
+
+def load_encoder(config: EncoderConfig) -> SentenceTransformer:
+    """Load ``config.model`` (alias, hub id, or local path) and apply explicit overrides.
+
+    A sentence-transformers directory keeps its own pooling and normalization unless the config says
+    otherwise; a plain Hugging Face encoder gets mean pooling and no normalization by default.
+    """
+    if config.pooling is not None and config.pooling not in POOLING_MODES:
+        raise ModelLoadError(f"unknown pooling {config.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+    target = resolve_model_name(config.model)
+    is_local = Path(target).exists()
+    try:
+        if is_local and not (Path(target) / "modules.json").is_file():
+            model = _plain_hf_encoder(target, config)
+        else:
+            model = SentenceTransformer(target, device=config.device or "cpu",
+                                        trust_remote_code=is_local and needs_sbmoe_code(target))
+    except (OSError, ValueError) as exc:
+        offline = ", ".join(offline_models()) or "none"
+        raise ModelLoadError(
+            f"cannot load model {config.model!r} ({target}): {str(exc).splitlines()[0]} "
+            f"Available offline: {offline}, or any local model directory."
+        ) from exc
+    if config.pooling is not None:
+        replace_pooling(model, config.pooling)
+    if config.normalize is not None:
+        set_normalize(model, config.normalize)
+    if config.max_length is not None:
+        model.max_seq_length = config.max_length
+    model.eval()
+    return model
+
+
+def _plain_hf_encoder(path: str, config: EncoderConfig) -> SentenceTransformer:
+    transformer = Transformer(path, max_seq_length=config.max_length)
+    dim = transformer.get_embedding_dimension()
+    modules: list[torch.nn.Module] = [transformer, Pooling(dim, pooling_mode=config.pooling or "mean")]
+    if config.normalize:
+        modules.append(Normalize())
+    return SentenceTransformer(modules=modules, device=config.device or "cpu")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (benchmarks compare at equal thread counts)."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))

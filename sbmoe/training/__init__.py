@@ -1,0 +1,1 @@
+"""Fine-tuning: training pairs, losses, the sentence-transformers trainer, head-only embedding tables."""

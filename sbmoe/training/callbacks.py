@@ -1,0 +1,34 @@
+"""Trainer callbacks: the JSONL training log with expert-usage statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
+
+from ..models.pipeline import sbmoe_heads
+
+logger = logging.getLogger(__name__)
+
+
+class TrainLogCallback(TrainerCallback):
+    """Appends each log (loss, dev nDCG@10, lr) with the expert-usage entropy of every head to a JSONL file."""
+
+    def __init__(self, model: SentenceTransformer, path: Path) -> None:
+        self.model, self.path = model, path
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
+        record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
+        heads = sbmoe_heads(self.model)
+        if heads and "loss" in (logs or {}):
+            record["expert_usage_entropy"] = [round(h.router.usage_entropy(), 4) for h in heads]
+            record["expert_usage"] = [[round(float(u), 4) for u in h.router.usage()] for h in heads]
+            for head in heads:
+                head.router.reset_usage()
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        logger.info("step %s: %s", state.global_step, record)

@@ -1,0 +1,34 @@
+"""Training losses: the in-batch ranking loss plus the SB-MoE routers' auxiliary losses."""
+
+from __future__ import annotations
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.util import dot_score
+from torch import Tensor, nn
+
+from ..models.pipeline import sbmoe_heads
+
+
+def ranking_loss(model: SentenceTransformer, temperature: float) -> nn.Module:
+    """MultipleNegativesRankingLoss over dot products / temperature (in-batch and hard negatives),
+    plus every head's auxiliary loss."""
+    return RouterAuxLoss(model, MultipleNegativesRankingLoss(model, scale=1.0 / temperature,
+                                                             similarity_fct=dot_score))
+
+
+class RouterAuxLoss(nn.Module):
+    """A ranking loss plus the auxiliary (load-balancing) losses the SB-MoE heads recorded in its forward."""
+
+    def __init__(self, model: SentenceTransformer, base_loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.base_loss = base_loss
+
+    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        loss = self.base_loss(sentence_features, labels)
+        for head in sbmoe_heads(self.model):
+            aux = head.pop_aux_loss()
+            if aux is not None:
+                loss = loss + aux
+        return loss

@@ -1,0 +1,141 @@
+"""``sbmoe train``: fine-tune an encoder with or without the SB-MoE head through sentence-transformers' trainer.
+
+Data: a BEIR train split (positives from qrels, one hard negative per pair mined with the base encoder)
+or a triples file (TSV ``query<TAB>positive<TAB>negative`` or JSONL with those keys). A seeded slice of
+the training queries is held out as a dev set; its nDCG@10 drives evaluation, keep-best and early
+stopping. Loss: MultipleNegativesRankingLoss (in-batch + hard negatives, dot products / temperature)
+plus the routers' auxiliary loss. Checkpoints go to ``<output>-checkpoints``; rerunning the same command
+resumes from the last one. The final model is written atomically to ``output``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.modules import Normalize, Router
+from sentence_transformers.util import dot_score
+from torch import nn
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+
+from ..atomic import atomic_dir
+from ..data import BeirDataset, DataFormatError
+from ..models.encoder import EncoderConfig, load_encoder
+from ..models.encoding import encode_texts
+from ..models.pipeline import normalizes, pooling_prefix, with_head
+from ..models.sbmoe_head import SBMoEHead
+from .callbacks import TrainLogCallback
+from .config import TrainConfig
+from .embedding_table import EmbeddingTable
+from .losses import ranking_loss
+from .pairs import TrainingData, beir_data, triples_data
+
+logger = logging.getLogger(__name__)
+
+
+def make_heads(config: TrainConfig, dim: int) -> nn.Module | None:
+    """The SB-MoE head, or an ST Router with separate query and document heads; None for ``--moe none``."""
+    if config.moe == "none":
+        return None
+
+    def head() -> SBMoEHead:
+        made = SBMoEHead(dim, config.experts, config.latent, mode=config.moe, gate=config.gate,
+                         aux_loss_weight=config.resolved_aux_loss_weight())
+        if config.freeze_router:  # the control whose routing stays at its random initialisation
+            made.router.requires_grad_(False)
+        return made
+
+    if config.separate_heads:
+        return Router.for_query_document(query_modules=[head()], document_modules=[head()])
+    return head()
+
+
+def head_only_model(prefix: SentenceTransformer, head: nn.Module, data: TrainingData, config: TrainConfig,
+                    normalize: bool) -> SentenceTransformer:
+    """EmbeddingTable(base pooled embeddings of every text used) -> head [-> Normalize]."""
+    texts = sorted(set(data.anchors) | set(data.positives) | set(data.negatives) | set(data.dev_queries.values())
+                   | set(data.dev_corpus.values()))
+    embeddings = torch.from_numpy(encode_texts(prefix, texts, config.batch_size, config.show_progress))
+    modules: list[nn.Module] = [EmbeddingTable(texts, embeddings), head]
+    if normalize:
+        modules.append(Normalize())
+    return SentenceTransformer(modules=modules, device=str(prefix.device))
+
+
+def train(config: TrainConfig) -> Path:
+    """Train, keep the best dev checkpoint, and write the final sentence-transformers folder."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    config.validate()
+    output = Path(config.output)
+    if output.exists() and not config.overwrite:
+        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
+    set_seed(config.seed)
+
+    base = load_encoder(EncoderConfig(model=config.model, max_length=config.max_length,
+                                      batch_size=config.batch_size))
+    normalize = normalizes(base)
+    prefix = pooling_prefix(base)
+    if Path(config.data).is_file():
+        data = triples_data(Path(config.data), config.dev_fraction, config.seed)
+    else:
+        data = beir_data(BeirDataset.open(config.data), config.split, base, config)
+    if not data.anchors:
+        raise DataFormatError(f"{config.data}: no training pairs left after holding out the dev queries")
+
+    set_seed(config.seed)  # the head's initialisation does not depend on how much mining consumed
+    head = make_heads(config, prefix.get_embedding_dimension())
+    trainee = head_only_model(prefix, head, data, config, normalize) if config.freeze_encoder else with_head(base, head)
+
+    temperature = config.resolved_temperature(normalize)
+    loss = ranking_loss(trainee, temperature)
+    evaluator = InformationRetrievalEvaluator(
+        data.dev_queries, data.dev_corpus, data.dev_qrels, name="dev", ndcg_at_k=[10], mrr_at_k=[10],
+        accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], batch_size=config.batch_size,
+        score_functions={"dot": dot_score}, write_csv=False, show_progress_bar=False,
+    ) if data.dev_queries else None
+    steps_per_epoch = max(1, len(data.anchors) // config.batch_size)
+    eval_steps = config.eval_steps or steps_per_epoch
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(config.checkpoint_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr, warmup_steps=0, seed=config.seed, data_seed=config.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="steps" if evaluator else "no",
+        eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps, save_total_limit=2,
+        load_best_model_at_end=evaluator is not None, metric_for_best_model="eval_dev_dot_ndcg@10",
+        greater_is_better=True, logging_steps=max(1, min(eval_steps, 10)), report_to="none",
+        disable_tqdm=not config.show_progress, use_cpu=not torch.cuda.is_available(),
+        router_mapping={"anchor": "query", "positive": "document", "negative": "document"}
+        if config.separate_heads else {},
+    )
+    callbacks: list[TrainerCallback] = [TrainLogCallback(trainee, config.checkpoint_dir / "train_log.jsonl")]
+    if config.patience and evaluator is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
+    train_set = Dataset.from_dict({"anchor": data.anchors, "positive": data.positives, "negative": data.negatives})
+    trainer = SentenceTransformerTrainer(model=trainee, args=args, train_dataset=train_set, loss=loss,
+                                         evaluator=evaluator, callbacks=callbacks)
+    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume = any(config.checkpoint_dir.glob("checkpoint-*"))
+    if resume:
+        logger.warning("resuming from the last checkpoint in %s", config.checkpoint_dir)
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+    final = with_head(base, head) if config.freeze_encoder else trainee
+    final.eval()
+    with atomic_dir(output, overwrite=config.overwrite) as tmp:
+        final.save(str(tmp))
+        summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                   "temperature": temperature, "data": data.info,
+                   "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_ndcg10": trainer.state.best_metric}
+        (tmp / "sbmoe_train.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        log = config.checkpoint_dir / "train_log.jsonl"
+        if log.exists():
+            (tmp / "train_log.jsonl").write_text(log.read_text(encoding="utf-8"), encoding="utf-8")
+    return output
