@@ -133,3 +133,32 @@ def test_separate_heads_route_queries_and_documents(tiny_bert_dir: Path, triples
     np.testing.assert_allclose(queries, model.encode_query(texts), atol=1e-5)
     np.testing.assert_allclose(docs, model.encode_document(texts), atol=1e-5)
     assert np.abs(queries - docs).max() > 1e-3  # two different heads
+
+
+def router_weights(folder: Path) -> dict[str, torch.Tensor]:
+    head_dir = next(p for p in folder.iterdir() if p.is_dir() and "SBMoEHead" in p.name)
+    return {k: v for k, v in load_file(str(head_dir / "model.safetensors")).items() if k.startswith("router.")}
+
+
+def initial_router(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The router the trainer starts from: same seed, same head constructor."""
+    from transformers import set_seed
+
+    from sbmoe.training.trainer import make_heads
+
+    set_seed(config.seed)
+    return {f"router.{k}": v for k, v in make_heads(config, 32).router.state_dict().items()}
+
+
+@pytest.mark.parametrize("gate", ["scaled", "straight_through"])
+def test_trainable_gate_moves_its_router_and_frozen_router_does_not(tiny_bert_dir: Path, triples_file: Path,
+                                                                    tmp_path: Path, gate: str) -> None:
+    trained = config_for(tiny_bert_dir, triples_file, tmp_path / "t", gate=gate, epochs=2, aux_loss_weight=None)
+    frozen = config_for(tiny_bert_dir, triples_file, tmp_path / "f", gate=gate, epochs=2, freeze_router=True,
+                        aux_loss_weight=None)
+    assert trained.resolved_aux_loss_weight() > 0 and frozen.resolved_aux_loss_weight() == 0
+    moved, kept = router_weights(train(trained)), router_weights(train(frozen))
+    init = initial_router(trained)
+    assert set(moved) == set(init) == set(kept)
+    assert all(torch.equal(kept[k], init[k]) for k in init)
+    assert any(not torch.allclose(moved[k], init[k]) for k in init if k.startswith("router.gate"))
