@@ -3,11 +3,12 @@
     python eval/sbmoe_zero_shot.py [--encoders minilm-l3,minilm-l2,minilm] [--seeds 0,1,2] [--budget-minutes 45]
     python eval/sbmoe_zero_shot.py --summarize     # tables, tests and plot from the cells written so far
 
-Every arm is trained on the SciFact train split (10% of its queries held out as dev, one hard negative
-mined with the base encoder, 1 epoch) and evaluated on SciFact test (in-domain) and zero-shot on
-ArguAna, Cranfield, CACM and the TREC DL19 MS MARCO pool. The grid is cells (encoder x arm x seed); each
-finished cell is written to eval/results/sbmoe_zero_shot/cells/ at once and skipped on the next run, so
-the command resumes after a kill and a budget only decides how many cells one call runs.
+Every arm is trained on the SciFact train split (all 809 queries, one hard negative per pair mined with
+the base encoder, 1 epoch, batch 32, lr 1e-4; no dev hold-out: one epoch leaves nothing to select) and
+evaluated on SciFact test (in-domain) and zero-shot on ArguAna, Cranfield, CACM and the TREC DL19 MS MARCO
+pool. The grid is cells (encoder x arm x seed); each finished cell is written to
+eval/results/sbmoe_zero_shot/cells/ at once and skipped on the next run, so the command resumes after a kill
+and a budget only decides how many cells one call runs.
 
 Arms (a trained head is evaluated with top-1 and with dense inference from one encoder pass):
   base              the encoder untouched
@@ -139,7 +140,9 @@ def router_shift(config: TrainConfig, model, dim: int) -> float | None:
 def run_cell(encoder: str, arm: str, seed: int | None, args: argparse.Namespace, work: Path) -> dict:
     settings = ARMS[arm]
     started = time.perf_counter()
-    record: dict = {"encoder": encoder, "arm": arm, "seed": seed, "machine": machine_line()}
+    record: dict = {"encoder": encoder, "arm": arm, "seed": seed, "machine": machine_line(),
+                    "settings": {k: getattr(args, k) for k in ("epochs", "batch_size", "train_max_length",
+                                                                "dev_fraction")}}
     if settings is None:
         model = load_encoder(EncoderConfig(model=encoder, batch_size=args.batch_size))
         record.update(evaluate_model(model, encoder, [None], args.batch_size))
@@ -147,7 +150,8 @@ def run_cell(encoder: str, arm: str, seed: int | None, args: argparse.Namespace,
         return record
     config = TrainConfig(model=encoder, output=work / "model", data="scifact", split="train",
                          batch_size=args.batch_size, epochs=args.epochs, max_length=args.train_max_length,
-                         seed=seed, show_progress=False, **{"moe": "top1", **settings})
+                         seed=seed, dev_fraction=args.dev_fraction, show_progress=False,
+                         **{"moe": "top1", **settings})
     train(config)
     record["train_minutes"] = round((time.perf_counter() - started) / 60, 2)
     summary = json.loads((work / "model" / "sbmoe_train.json").read_text(encoding="utf-8"))
@@ -214,12 +218,27 @@ def load_cells() -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((OUT / "cells").glob("*.json"))]
 
 
+def judged_queries() -> dict[str, list[str]]:
+    """Every judged test query per dataset, as the loader counts them now."""
+    return {name: list(BeirDataset.open(name).load_split()[1]) for name in DATASETS}
+
+
 def system_rows(cells: list[dict]) -> dict[tuple[str, str], dict[int | None, dict]]:
-    """(encoder, system) -> seed -> {dataset: metrics}; a system is an arm with its inference mode."""
+    """(encoder, system) -> seed -> {dataset: metrics}; a system is an arm with its inference mode.
+
+    nDCG@10 means are recomputed from the per-query values over every judged query, a query missing from a
+    cell scoring 0: cells written before the loader kept judgements of documents absent from the corpus
+    (5 ArguAna queries, whose relevant documents no system can retrieve) lack those queries, which score
+    0 for every run, so all cells are averaged over the same queries.
+    """
+    judged = judged_queries()
     rows: dict[tuple[str, str], dict] = {}
     for cell in cells:
         for mode, datasets in cell["modes"].items():
             system = cell["arm"] if mode in ("-", "random") else f"{cell['arm']}:{mode}"
+            for name, result in datasets.items():
+                result["per_query"] = {q: result["per_query"].get(q, 0.0) for q in judged[name]}
+                result[METRIC] = statistics.mean(result["per_query"].values())
             rows.setdefault((cell["encoder"], system), {})[cell["seed"]] = datasets
     return rows
 
@@ -343,6 +362,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-max-length", type=int, default=128)
+    parser.add_argument("--dev-fraction", type=float, default=0.0, help="Training queries held out as dev.")
     parser.add_argument("--budget-minutes", type=float, default=None)
     parser.add_argument("--work-dir", default=None, help="Where a cell's model and embeddings live while it runs.")
     parser.add_argument("--threads", type=int, default=None)

@@ -32,12 +32,15 @@ from .index.builder import IndexConfig, build_index  # noqa: E402
 from .index.retriever import Retriever, search_to_trec  # noqa: E402
 from .models.encoder import EncoderConfig, load_encoder  # noqa: E402
 from .models.encoding import encode_corpus, encode_texts  # noqa: E402
+from .models.export import ExportConfig, export_model  # noqa: E402
 from .models.sbmoe_head import SBMoEHead  # noqa: E402
 from .runs import read_trec_run, write_trec_run  # noqa: E402
 from .training.config import TrainConfig  # noqa: E402
 from .training.trainer import train  # noqa: E402
 
-__all__ = ["BeirDataset", "EncoderConfig", "EvalConfig", "IndexConfig", "Retriever", "RoutingConfig", "SBMoEHead",
-           "SystemsConfig", "TrainConfig", "build_index", "build_systems", "encode_corpus", "encode_texts",
-           "evaluate", "evaluate_run", "evaluate_systems", "load_encoder", "load_queries", "read_trec_run",
-           "resolve_dataset", "routing_report", "search_to_trec", "train", "write_trec_run"]
+__all__ = [
+    "BeirDataset", "EncoderConfig", "EvalConfig", "ExportConfig", "IndexConfig", "Retriever", "RoutingConfig",
+    "SBMoEHead", "SystemsConfig", "TrainConfig", "build_index", "build_systems", "encode_corpus", "encode_texts",
+    "evaluate", "evaluate_run", "evaluate_systems", "export_model", "load_encoder", "load_queries", "read_trec_run",
+    "resolve_dataset", "routing_report", "search_to_trec", "train", "write_trec_run",
+]

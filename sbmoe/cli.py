@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import typer
 
-from .bm25.engines import BM25Config, BM25UnavailableError, LuceneBM25
+from .bm25.engines import BM25Config, BM25UnavailableError, LuceneBM25, LuceneError
 from .bm25.engines import search_to_trec as bm25_search_to_trec
 from .bm25.fusion import FUSIONS
 from .data import BeirDataset, DataFormatError, DatasetNotFoundError
+from .distributed import is_main
 from .evaluation.benchmark import EvalConfig, evaluate
 from .evaluation.metrics import DEFAULT_METRICS, MetricError
 from .evaluation.report import format_leaderboard, format_metric_table
@@ -32,7 +33,11 @@ from .lm.model import PSR_FRACTION, LMConfig
 from .lm.train import LMTrainConfig, evaluate_saved, train_and_evaluate
 from .models.aliases import ALIASES, ModelLoadError
 from .models.encoder import EncoderConfig, set_threads
+from .models.export import EXPORT_FORMATS, ExportConfig, export_model
+from .models.onnx_backend import BACKENDS
 from .models.sbmoe_head import GATES, MOE_CHOICES
+from .moe.quant.config import QUANT_METHODS, QuantConfig
+from .quantize import quantize_model
 from .runs import DEFAULT_DEPTH
 from .training.config import TrainConfig
 from .training.trainer import train
@@ -41,7 +46,7 @@ app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, ind
                   no_args_is_help=True, add_completion=False)
 
 USER_ERRORS = (DataFormatError, DatasetNotFoundError, ModelLoadError, IndexMismatchError, MetricError,
-               ShardError, BM25UnavailableError, FileExistsError, FileNotFoundError, ValueError)
+               ShardError, BM25UnavailableError, LuceneError, FileExistsError, FileNotFoundError, ValueError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENC, IDX, TRN, LM, LMT = EncoderConfig(), IndexConfig, TrainConfig, LMConfig, LMTrainConfig  # default sources
@@ -93,6 +98,12 @@ BATCH = typer.Option(ENC.batch_size, "--batch-size", "-b")
 DEVICE = typer.Option(None, help="cpu, cuda, cuda:1, ...")
 THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
 SPLIT = typer.Option(None, help="With a dataset name: the qrels split whose queries to run.")
+BACKEND = typer.Option(ENC.backend, "--backend", help=f"{' | '.join(BACKENDS)}: torch, or ONNX Runtime on the CPU "
+                       "(the model folder's onnx/ graph, else one exported into the cache).")
+SELF_HITS = typer.Option(None, "--drop-self-hits/--keep-self-hits",
+                         help="Remove (or keep) a hit whose id equals the query id. Default: the registry's rule "
+                         "for a known dataset; for another collection, dropped only for queries that are documents "
+                         "of the corpus (same id, same text); never for a queries file.")
 
 
 @app.command()
@@ -121,6 +132,7 @@ def index(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
     threads: int | None = THREADS,
+    backend: str = BACKEND,
 ) -> None:
     """Encode a corpus into a FAISS index folder (index.faiss, doc_ids.txt, meta.json).
 
@@ -134,9 +146,10 @@ def index(
         build_params=given(efConstruction=ef_construction), search_params=given(efSearch=ef_search, nprobe=nprobe),
         chunk_size=chunk_size, shard_dtype=shard_dtype, devices=tuple(split_list(devices)), keep_shards=keep_shards,
         use_cache=not no_cache, overwrite=overwrite, show_progress=progress(),
-        encoder=EncoderConfig(model, pooling, max_length, normalize, batch_size, device))
+        encoder=EncoderConfig(model, pooling, max_length, normalize, batch_size, device, backend))
     built = build_index(config)
-    typer.echo(f"indexed {built.meta.count} documents ({built.meta.dim}-d, {built.meta.factory}) -> {output}")
+    if built is not None:  # None on the ranks other than 0 of a torchrun job
+        typer.echo(f"indexed {built.meta.count} documents ({built.meta.dim}-d, {built.meta.factory}) -> {output}")
 
 
 @app.command()
@@ -152,11 +165,14 @@ def search(
     ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW search beam (overrides meta.json)."),
     batch_size: int = BATCH,
     threads: int | None = THREADS,
+    drop_self_hits: bool | None = SELF_HITS,
+    backend: str | None = typer.Option(None, "--backend", help=f"{' | '.join(BACKENDS)} (default: the one that "
+                                       "built the index)."),
 ) -> None:
     """Search an index with a queries file or a dataset's queries; write a TREC run."""
     set_threads(threads)
     run = search_to_trec(index_dir, queries, output, k, split, model, given(nprobe=nprobe, efSearch=ef_search),
-                         batch_size)
+                         batch_size, drop_self_hits, backend)
     typer.echo(f"searched {len(run)} queries -> {output}")
 
 
@@ -165,7 +181,8 @@ def search(
 def evaluate_command(
     model: str = typer.Option(ENC.model, "--model", "-m", help="Encoder(s), comma-separated: each is a system."),
     datasets: str = typer.Option(",".join(EvalConfig().datasets), "--datasets", "-d",
-                                 help="Comma-separated dataset names or folders."),
+                                 help="Comma-separated dataset names or folders, or 'all': every BEIR folder "
+                                 "under the data roots."),
     metrics: str = typer.Option(",".join(DEFAULT_METRICS), help="Comma-separated ir-measures names."),
     bm25: bool = typer.Option(False, "--bm25", help="Add Lucene BM25 (pyserini) as a system."),
     hybrid: str | None = typer.Option(None, help="Fuse the first model with this system (bm25 or a model)."),
@@ -181,21 +198,41 @@ def evaluate_command(
     device: str | None = DEVICE,
     threads: int | None = THREADS,
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    drop_self_hits: bool | None = SELF_HITS,
+    backend: str = BACKEND,
 ) -> None:
-    """Zero-shot evaluation on BEIR datasets: one table per system, and a leaderboard when several run."""
+    """Zero-shot evaluation on BEIR datasets: one table per system, and a leaderboard (markdown, PNG) when
+    several systems or datasets run."""
     set_threads(threads)
     systems = SystemsConfig(models=split_list(model), bm25=bm25, hybrid=hybrid, fusion=fusion, alpha=alpha,
-                            encoder=EncoderConfig(ENC.model, pooling, max_length, normalize, batch_size, device),
+                            encoder=EncoderConfig(ENC.model, pooling, max_length, normalize, batch_size, device,
+                                                  backend),
                             bm25_config=BM25Config(**given(threads=threads)), use_cache=not no_cache,
                             show_progress=progress())
     metric_names = split_list(metrics)
     report = evaluate(EvalConfig(systems=systems, datasets=split_list(datasets), metrics=metric_names, split=split,
-                                 output_dir=output_dir))
+                                 output_dir=output_dir, drop_self_hits=drop_self_hits))
     for name in report.systems():
         typer.echo(f"\nsystem: {name}\n{format_metric_table(report, name)}")
     if len(report.systems()) > 1:
         typer.echo(f"\nleaderboard ({metric_names[0]})\n{format_leaderboard(report, metric_names[0])}")
     typer.echo(f"\nresults: {output_dir / 'eval.json'}")
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    model: str = typer.Argument(..., help="Alias, Hugging Face id or local model folder (an SB-MoE model too)."),
+    output: Path = typer.Argument(..., help="Folder to write: the sentence-transformers model plus onnx/."),
+    export_format: str = typer.Option(ExportConfig.format, "--format", help=" | ".join(EXPORT_FORMATS)),
+    quantize: str | None = typer.Option(None, "--quantize", help="int8: also write onnx/model_int8.onnx."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Export a model to ONNX (onnx/model.onnx, opset 17) inside a plain sentence-transformers folder;
+    use it with --backend onnx (or onnx-int8) on index, search and eval."""
+    written = export_model(ExportConfig(model=model, output=output, format=export_format, quantize=quantize,
+                                        overwrite=overwrite))
+    typer.echo(f"exported {model} -> {written}")
 
 
 @app.command("routing")
@@ -248,9 +285,11 @@ def bm25_search(
     k1: float = typer.Option(BM25Config.k1),
     b: float = typer.Option(BM25Config.b),
     threads: int = typer.Option(BM25Config.threads, "--threads"),
+    drop_self_hits: bool | None = SELF_HITS,
 ) -> None:
     """Search a Lucene index; write a TREC run."""
-    run = bm25_search_to_trec(index_dir, queries, output, k, split, BM25Config(k1=k1, b=b, threads=threads))
+    run = bm25_search_to_trec(index_dir, queries, output, k, split, BM25Config(k1=k1, b=b, threads=threads),
+                              drop_self_hits)
     typer.echo(f"searched {len(run)} queries -> {output}")
 
 
@@ -260,8 +299,15 @@ def train_command(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the trained sentence-transformers model."),
     model: str = MODEL,
     data: str = typer.Option(TRN.data, help="BEIR dataset (its --split gives queries and positives) or a "
-                             "triples file (.tsv query/positive/negative or .jsonl)."),
+                             "triples file (.tsv query/positive/negative or .jsonl; MS MARCO id triples "
+                             "qid/pos_pid/neg_pid with --collection and --queries-file), read as a stream."),
     split: str = typer.Option(TRN.split),
+    collection: Path | None = typer.Option(TRN.collection, help="MS MARCO collection.tsv (pid<TAB>passage) "
+                                           "for id triples."),
+    queries_file: Path | None = typer.Option(TRN.queries_file, help="MS MARCO queries.train.tsv (qid<TAB>query) "
+                                             "for id triples."),
+    shuffle_buffer: int = typer.Option(TRN.shuffle_buffer, help="Rows of a triples file shuffled together "
+                                       "(memory: one buffer of rows)."),
     moe: str = typer.Option(TRN.moe, help=f"SB-MoE inference routing: {' | '.join(MOE_CHOICES)} (none: no head)."),
     gate: str = typer.Option(TRN.gate, help=f"How the gate is trained: {' | '.join(GATES)} (paper: its router "
                              "gets no gradient under top-1)."),
@@ -271,6 +317,8 @@ def train_command(
     freeze_router: bool = typer.Option(False, "--freeze-router", help="Keep the router at its initialisation."),
     aux_loss_weight: float | None = typer.Option(None, help="Weight of the Switch load-balancing loss (default: "
                                                  "0.05 for trainable gates, else 0)."),
+    router_lr_scale: float = typer.Option(TRN.router_lr_scale, help="Learning rate of a trainable router, as a "
+                                          "multiple of --lr."),
     lr: float = typer.Option(TRN.lr, "--lr"),
     batch_size: int = typer.Option(TRN.batch_size, "--batch-size", "-b"),
     epochs: float = typer.Option(TRN.epochs),
@@ -282,20 +330,28 @@ def train_command(
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the head, on cached "
                                         "base embeddings."),
     dev_fraction: float = typer.Option(TRN.dev_fraction, help="Share of training queries held out for dev nDCG@10."),
+    dev_max_rows: int = typer.Option(TRN.dev_max_rows, help="At most this many triples-file rows held out."),
     eval_steps: int | None = typer.Option(None, help="Evaluate and checkpoint every N steps (default: each epoch)."),
+    save_steps: int | None = typer.Option(TRN.save_steps, help="Checkpoint every N steps (default: --eval-steps; "
+                                          "a multiple of it when there is a dev set)."),
     patience: int | None = typer.Option(None, help="Early stopping after N evaluations without improvement."),
     threads: int | None = THREADS,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Fine-tune an encoder with (or without) the SB-MoE head; rerun the same command to resume."""
     set_threads(threads)
-    config = TrainConfig(model=model, output=output, data=data, split=split, moe=moe, gate=gate, experts=experts,
+    config = TrainConfig(model=model, output=output, data=data, split=split, collection=collection,
+                         queries_file=queries_file, shuffle_buffer=shuffle_buffer, moe=moe, gate=gate, experts=experts,
                          latent=latent, separate_heads=separate_heads, freeze_router=freeze_router,
-                         aux_loss_weight=aux_loss_weight, lr=lr, batch_size=batch_size, epochs=epochs,
+                         aux_loss_weight=aux_loss_weight, router_lr_scale=router_lr_scale, lr=lr,
+                         batch_size=batch_size, epochs=epochs,
                          max_steps=max_steps, max_length=max_length, temperature=temperature, seed=seed,
-                         freeze_encoder=freeze_encoder, dev_fraction=dev_fraction, eval_steps=eval_steps,
+                         freeze_encoder=freeze_encoder, dev_fraction=dev_fraction, dev_max_rows=dev_max_rows,
+                         eval_steps=eval_steps, save_steps=save_steps,
                          patience=patience, show_progress=progress(), overwrite=overwrite)
-    typer.echo(f"saved {train(config)}")
+    saved = train(config)
+    if is_main():
+        typer.echo(f"saved {saved}")
 
 
 lm_app = typer.Typer(help="The tiny MoE language-model testbed (sbmoe.lm): layer-local MoE or ReXMoE with PSR, "
@@ -325,16 +381,27 @@ def lm_train(
     lr: float = typer.Option(LMT.lr, "--lr"),
     eval_every: int = typer.Option(LMT.eval_every, "--eval-every"),
     seed: int = typer.Option(LMT.seed),
+    pregate: bool = typer.Option(LM.pregate, "--pregate/--no-pregate",
+                                 help="Pre-gated MoE: block l's experts are chosen from block l-1's MoE input."),
+    until_converged: bool = typer.Option(LMT.stop_on_convergence, "--until-converged/--all-steps",
+                                         help="Stop once validation PPL improved < 1% over the last 20% of steps "
+                                         "(--steps is then the cap)."),
+    min_steps: int = typer.Option(LMT.min_steps, "--min-steps", help="No convergence stop before this step."),
+    init_from: Path | None = typer.Option(LMT.init_from, "--init-from",
+                                          help="Start from this run folder's weights and tokenizer (e.g. convert a "
+                                          "trained baseline with --pregate and fine-tune)."),
     threads: int | None = THREADS,
 ) -> None:
     """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
     set_threads(threads)
     model_config = LMConfig(vocab_size=vocab, seq_len=seq_len, n_layer=layers, d_model=d_model,
                             experts_per_layer=experts, expert_hidden=expert_hidden, top_k=top_k, pool=pool,
-                            reuse=reuse, psr_schedule=psr, psr_fraction=psr_fraction if psr != "none" else 0.0)
+                            reuse=reuse, psr_schedule=psr, psr_fraction=psr_fraction if psr != "none" else 0.0,
+                            pregate=pregate)
     echo_lm_figures(train_and_evaluate(LMTrainConfig(model=model_config, steps=steps, batch_size=batch_size, lr=lr,
                                                      eval_every=eval_every, seed=seed, output=output,
-                                                     show_progress=progress())))
+                                                     show_progress=progress(), stop_on_convergence=until_converged,
+                                                     min_steps=min_steps, init_from=init_from)))
 
 
 @lm_app.command("eval")
@@ -352,6 +419,41 @@ def echo_lm_figures(figures: dict) -> None:
     for key, value in figures.items():
         shown = f"{value:.2f}" if isinstance(value, float) else " ".join(f"{v:.3g}" for v in value)
         typer.echo(f"{key:<24} {shown}")
+
+
+QNT = QuantConfig()
+
+
+@app.command("quantize")
+@user_errors
+def quantize_command(
+    model: Path = typer.Argument(..., help="An SB-MoE sentence-transformers folder or an `sbmoe lm train` folder."),
+    output: Path = typer.Argument(..., help="Folder to write (same form as MODEL, plus packed.pt)."),
+    bits: float = typer.Option(QNT.bits, help="Width for rtn/gptq (1-8); average-bits budget for mxmoe."),
+    method: str = typer.Option(QNT.method, help=f"{' | '.join(QUANT_METHODS)}"),
+    group_size: int = typer.Option(QNT.group_size, "--group-size", help="Input rows per scale/zero group."),
+    candidates: str = typer.Option(",".join(map(str, QNT.candidates)), help="mxmoe: widths a block may get."),
+    quantizer: str = typer.Option(QNT.mxmoe_quantizer, help="mxmoe: rtn | gptq behind the chosen widths."),
+    weight: float = typer.Option(QNT.weight, help="mxmoe: accuracy/performance weight r (1: accuracy only)."),
+    granularity: str = typer.Option(QNT.granularity, help="mxmoe: linear | expert (one width per expert)."),
+    attention: bool = typer.Option(QNT.attention, "--attention/--no-attention", help="LM: quantise attention."),
+    calib_tokens: int = typer.Option(QNT.calib_tokens, "--calib-tokens", help="LM calibration tokens."),
+    calib_texts: int = typer.Option(QNT.calib_texts, "--calib-texts", help="Retriever calibration documents."),
+    calib_data: str = typer.Option(QNT.calib_data, "--calib-data", help="Retriever calibration corpus."),
+    seed: int = typer.Option(QNT.seed, help="Seed of the calibration sample."),
+    act_order: bool = typer.Option(QNT.act_order, "--act-order", help="GPTQ: rows by decreasing Hessian diagonal."),
+    threads: int | None = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Post-training quantisation (RTN, GPTQ, or MxMoE mixed precision) of a saved model."""
+    set_threads(threads)
+    config = QuantConfig(bits=bits, method=method, group_size=group_size,
+                         candidates=tuple(int(c) for c in split_list(candidates)), mxmoe_quantizer=quantizer,
+                         weight=weight, granularity=granularity, attention=attention, calib_tokens=calib_tokens,
+                         calib_texts=calib_texts, calib_data=calib_data, seed=seed, act_order=act_order)
+    report = quantize_model(model, output, config, overwrite)
+    typer.echo(f"quantized {report['blocks']} blocks ({report['quantized_parameters']:,} parameters) to "
+               f"{report['average_bits']:.3f} average bits -> {output}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from pathlib import Path
 
 from .atomic import atomic_file
 
 Run = dict[str, dict[str, float]]
 DEFAULT_DEPTH = 100  # hits per query written by `sbmoe search` and `sbmoe bm25 search`
+# Which queries lose a hit whose id equals their own: all (True), none (False), or the query ids in a set.
+SelfHits = bool | Set[str]
 
 
 def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
@@ -16,16 +18,24 @@ def ranked(hits: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(hits.items(), key=lambda item: (-item[1], item[0]))
 
 
-def top_hits(hits: Iterable[tuple[str, float]], qid: str, k: int, drop_self_hits: bool = False) -> dict[str, float]:
+def drops_self_hit(drop_self_hits: SelfHits, qid: str) -> bool:
+    """Whether query ``qid`` loses a hit whose id equals its own under ``drop_self_hits``."""
+    if not drop_self_hits:  # False, an empty set, or None (a rule not decided yet)
+        return False
+    return drop_self_hits is True or qid in drop_self_hits
+
+
+def top_hits(hits: Iterable[tuple[str, float]], qid: str, k: int, drop_self_hits: SelfHits = False) -> dict[str, float]:
     """The first ``k`` of ``hits`` (already in rank order), skipping a hit whose id is ``qid`` when asked.
 
     Searchers fetch k + 1 hits when dropping self-hits (BEIR's ignore_identical_ids), so k remain.
     """
+    drop = drops_self_hit(drop_self_hits, qid)
     kept: dict[str, float] = {}
     for doc_id, score in hits:
         if len(kept) == k:
             break
-        if not (drop_self_hits and doc_id == qid):
+        if not (drop and doc_id == qid):
             kept[doc_id] = score
     return kept
 

@@ -28,39 +28,42 @@ class DatasetNotFoundError(FileNotFoundError):
 class DatasetInfo:
     """What sbmoe knows about a dataset before opening it.
 
-    ``drop_self_hits`` follows BEIR: in collections where queries are also documents (ArguAna, Quora,
-    SciFact's shared id space) a hit whose id equals the query id is removed. Cranfield's query and
-    document ids overlap by accident, so its hits are kept; CACM and the MS MARCO DL19 pool (query and
-    passage ids are separate number spaces) keep theirs too.
+    ``drop_self_hits``: whether a hit whose id equals the query id is removed (BEIR's
+    ``ignore_identical_ids``). True where the queries are documents of the corpus (ArguAna, Quora, and
+    SCIDOCS, whose queries are papers of the corpus's id space); False where query and document ids are
+    separate spaces, including Cranfield, whose small integer ids coincide by accident, so a relevant
+    document whose id equals the query id must stay. None (a collection sbmoe does not know): decided
+    from the data by ``self_hits.decide_self_hits`` when the queries are loaded.
     """
 
     name: str
     url: str | None
-    drop_self_hits: bool = True
+    drop_self_hits: bool | None = None
     default_split: str = "test"
 
 
-def _beir(name: str, split: str = "test") -> DatasetInfo:
-    return DatasetInfo(name=name, url=BEIR_ZIP_URL.format(name=name), default_split=split)
+def _beir(name: str, drop_self_hits: bool, split: str = "test") -> DatasetInfo:
+    return DatasetInfo(name=name, url=BEIR_ZIP_URL.format(name=name), drop_self_hits=drop_self_hits,
+                       default_split=split)
 
 
 KNOWN_DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
-        _beir("scifact"),
-        _beir("nfcorpus"),
-        _beir("arguana"),
-        _beir("scidocs"),
-        _beir("fiqa"),
-        _beir("trec-covid"),
-        _beir("webis-touche2020"),
-        _beir("quora"),
-        _beir("nq"),
-        _beir("hotpotqa"),
-        _beir("dbpedia-entity"),
-        _beir("fever"),
-        _beir("climate-fever"),
-        _beir("msmarco", split="dev"),
+        _beir("scifact", False),  # claim ids vs abstract ids: no id is both (checked on the shared copy)
+        _beir("nfcorpus", False),  # PLAIN-* queries, MED-* documents
+        _beir("arguana", True),  # every query is an argument of the corpus, under its own id
+        _beir("scidocs", True),
+        _beir("fiqa", False),  # question and answer numbers are separate spaces
+        _beir("trec-covid", False),
+        _beir("webis-touche2020", False),
+        _beir("quora", True),  # questions are corpus entries under their own id
+        _beir("nq", False),
+        _beir("hotpotqa", False),
+        _beir("dbpedia-entity", False),
+        _beir("fever", False),
+        _beir("climate-fever", False),
+        _beir("msmarco", False, split="dev"),  # query and passage numbers are separate spaces
         DatasetInfo(name="cranfield", url=None, drop_self_hits=False),
         DatasetInfo(name="cacm", url=None, drop_self_hits=False),
         DatasetInfo(name="msmarco-dl19-mini", url=None, drop_self_hits=False),
@@ -69,12 +72,26 @@ KNOWN_DATASETS: dict[str, DatasetInfo] = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Registry entry for ``name``; unknown names get BEIR defaults and no download URL."""
+    """Registry entry for ``name``; an unknown name gets no download URL and self-hits decided from its data."""
     return KNOWN_DATASETS.get(name, DatasetInfo(name=name, url=None))
 
 
 def _is_beir_folder(path: Path) -> bool:
     return (path / "corpus.jsonl").is_file()
+
+
+def local_datasets(split: str | None = None) -> list[str]:
+    """Names of the BEIR folders under the data roots with qrels for ``split`` (default: each one's own
+    split), sorted; a name found under several roots counts once, as ``resolve_dataset`` reads the first."""
+    names: set[str] = set()
+    for root in search_roots():
+        if not root.is_dir():
+            continue
+        for folder in root.iterdir():
+            qrels = folder / "qrels" / f"{split or dataset_info(folder.name).default_split}.tsv"
+            if _is_beir_folder(folder) and qrels.is_file():
+                names.add(folder.name)
+    return sorted(names)
 
 
 def resolve_dataset(name_or_path: str | os.PathLike, download: bool = True) -> Path:

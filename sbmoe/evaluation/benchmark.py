@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_json
-from ..data import BeirDataset
+from ..data import BeirDataset, DatasetNotFoundError, local_datasets
 from ..runs import write_trec_run
 from .metrics import DEFAULT_METRICS, evaluate_run, parse_metrics, retrieval_depth
 from .report import EvalRecord, EvalReport, write_leaderboard
@@ -31,14 +31,18 @@ def evaluate_systems(
     metrics: Sequence[str] = DEFAULT_METRICS,
     split: str | None = None,
     output_dir: Path | None = None,
+    drop_self_hits: bool | None = None,
 ) -> EvalReport:
-    """Run every system on every dataset, score the runs, and write runs + ``eval.json``."""
+    """Run every system on every dataset, score the runs, and write runs + ``eval.json``.
+
+    ``drop_self_hits`` overrides each dataset's self-hit rule (registry, or decided from its data).
+    """
     metrics = list(metrics)
     parse_metrics(metrics)  # fail on a typo before any encoding
     depth = retrieval_depth(metrics)
     report = EvalReport(metrics=metrics)
     for dataset_name in datasets:
-        dataset = BeirDataset.open(dataset_name)
+        dataset = BeirDataset.open(dataset_name, drop_self_hits=drop_self_hits)
         queries, qrels = dataset.load_split(split)
         for system, retrieve in systems.items():
             start = time.perf_counter()
@@ -58,19 +62,38 @@ def evaluate_systems(
 
 @dataclass
 class EvalConfig:
-    """Arguments of ``sbmoe eval``: systems, datasets, metrics and where results go."""
+    """Arguments of ``sbmoe eval``: systems, datasets (``all``: every BEIR folder under the data roots),
+    metrics, where results go, and a self-hit override (None: each dataset's own rule)."""
 
     systems: SystemsConfig = field(default_factory=SystemsConfig)
     datasets: list[str] = field(default_factory=lambda: ["scifact"])
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     split: str | None = None
     output_dir: Path = Path("results")
+    drop_self_hits: bool | None = None
+
+
+ALL_DATASETS = "all"
+
+
+def expand_datasets(names: Sequence[str], split: str | None = None) -> list[str]:
+    """``names`` with ``all`` replaced by every collection found under the data roots (in name order)."""
+    expanded: list[str] = []
+    for name in names:
+        found = local_datasets(split) if name == ALL_DATASETS else [name]
+        if not found:
+            raise DatasetNotFoundError("--datasets all: no BEIR folder (corpus.jsonl and qrels) under the data "
+                                       "roots; set SBMOE_DATA or put datasets in ./data")
+        expanded += [n for n in found if n not in expanded]
+    return expanded
 
 
 def evaluate(config: EvalConfig) -> EvalReport:
-    """Zero-shot evaluation: every system on every dataset; with several systems, also a leaderboard."""
-    report = evaluate_systems(build_systems(config.systems), config.datasets, config.metrics, config.split,
-                              config.output_dir)
-    if len(report.systems()) > 1:
+    """Zero-shot evaluation: every system on every dataset; with several systems or datasets, also a
+    leaderboard (leaderboard.md and leaderboard.png: the first metric per dataset per system)."""
+    datasets = expand_datasets(config.datasets, config.split)
+    report = evaluate_systems(build_systems(config.systems), datasets, config.metrics, config.split,
+                              config.output_dir, config.drop_self_hits)
+    if len(report.systems()) > 1 or len(report.datasets()) > 1:
         write_leaderboard(report, config.metrics[0], config.output_dir)
     return report

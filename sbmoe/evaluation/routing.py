@@ -88,7 +88,7 @@ def route(head: SBMoEHead, pooled: np.ndarray, batch_size: int = 8192) -> np.nda
     device = next(head.parameters()).device
     for start in range(0, len(pooled), batch_size):
         x = torch.from_numpy(np.asarray(pooled[start:start + batch_size], dtype=np.float32)).to(device)
-        out.append(head.router(x, mode=head.routing_mode()).indices[:, 0].cpu().numpy())
+        out.append(head.route(x).indices[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 

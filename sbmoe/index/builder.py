@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from .. import distributed
 from ..data import BeirDataset
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
@@ -61,12 +62,14 @@ class IndexConfig:
         return Path(f"{self.output}.shards")
 
 
-def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -> DenseIndex:
+def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -> DenseIndex | None:
     """Encode ``config.dataset``'s corpus chunk by chunk into shards beside ``config.output``, build the
     index from them, and write the index folder atomically.
 
     A rerun after a kill skips the complete shards. With the embedding cache, a corpus already encoded
     by the same model is indexed straight from the cache, and a fresh float32 encoding fills the cache.
+    Under ``torchrun`` every process encodes its share of the chunks (on ``cuda:<LOCAL_RANK>`` when there
+    are GPUs), then rank 0 builds and writes the index and returns it; the other ranks return None.
     """
     output = Path(config.output)
     if output.exists() and not config.overwrite:
@@ -84,12 +87,20 @@ def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -
     key = embedding_key(model, dataset) if cache is not None else None
     hit = cache.get(key) if cache is not None and key is not None else None
     if hit is not None:
+        if not distributed.is_main():
+            return None
         index = DenseIndex.from_embeddings(hit[1], hit[0], meta)
     else:
         manifest = ShardManifest(meta.model_fingerprint, meta.corpus_fingerprint, config.chunk_size,
                                  config.shard_dtype, meta.dim)
-        with corpus_encoder(model, config.encoder.batch_size, config.devices) as encode:
-            count = encode_to_shards(dataset, config.shard_dir, manifest, encode, config.show_progress)
+        parallel = distributed.init_process_group()
+        devices = config.devices or ((distributed.local_device(),) if parallel else ())
+        with corpus_encoder(model, config.encoder.batch_size, devices) as encode:
+            count = encode_to_shards(dataset, config.shard_dir, manifest, encode, config.show_progress,
+                                     distributed.rank(), distributed.world_size())
+        distributed.barrier()  # every shard is complete
+        if not distributed.is_main():
+            return None
         index = index_from_shards(config.shard_dir, count, manifest, meta)
         if cache is not None and key is not None and config.shard_dtype == "float32":
             cache.put_stream(key, iter_shards(config.shard_dir, count, manifest), index.meta.count, meta.dim)

@@ -7,6 +7,7 @@ Layout of an index folder: ``index.faiss``, ``doc_ids.txt`` (one id a line, in F
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sentence_transformers import SentenceTransformer
 from .. import __version__
 from ..atomic import atomic_dir
 from ..models.fingerprint import model_fingerprint
+from ..models.onnx_backend import backend_of
 from ..models.pipeline import normalizes, pooling_mode
 
 META_FILE = "meta.json"
@@ -46,6 +48,7 @@ class IndexMeta:
     search_params: dict[str, Any] = field(default_factory=dict)
     corpus_fingerprint: str | None = None
     sbmoe_version: str = __version__
+    backend: str = "torch"  # what ran the encoder (torch, onnx, onnx-int8); search reuses it
 
     @classmethod
     def from_json(cls, path: Path) -> IndexMeta:
@@ -60,6 +63,17 @@ class IndexMeta:
         if missing:
             raise IndexMismatchError(f"{path}: missing keys {sorted(missing)}")
         return cls(**known)
+
+
+def read_faiss_file(path: Path) -> faiss.Index:
+    """``faiss.read_index`` with its C++ error (truncated file, another format) turned into one line."""
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        reason = re.split(r" at \S+:\d+: ", str(exc).strip())[-1].removeprefix("Error: ").splitlines()[0]
+        reason = re.sub(r" \([^()]*\)$", "", re.sub(r"^'[^']*' failed: ", "", reason))  # assertion text, errno
+        raise IndexMismatchError(f"{path}: not a readable FAISS index, truncated or of another format ({reason})") \
+            from None
 
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
@@ -98,6 +112,7 @@ def index_meta_for(model: SentenceTransformer, model_name: str, factory: str = "
         count=0,
         max_length=model.max_seq_length,
         factory=factory,
+        backend=backend_of(model),
     )
 
 
@@ -162,7 +177,7 @@ class DenseIndex:
         meta = IndexMeta.from_json(path / META_FILE)
         if not (path / INDEX_FILE).is_file():
             raise IndexMismatchError(f"{path / INDEX_FILE}: not found")
-        index = faiss.read_index(str(path / INDEX_FILE))
+        index = read_faiss_file(path / INDEX_FILE)
         doc_ids = (path / IDS_FILE).read_text(encoding="utf-8").split("\n")[:-1]
         loaded = cls(index, doc_ids, meta)
         loaded.apply_search_params(meta.search_params)

@@ -14,7 +14,7 @@ from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_corpus, encode_texts
 from ..models.fingerprint import model_fingerprint
-from ..runs import DEFAULT_DEPTH, Run, top_hits, write_trec_run
+from ..runs import DEFAULT_DEPTH, Run, SelfHits, top_hits, write_trec_run
 from .faiss_index import DenseIndex, index_meta_for
 
 logger = logging.getLogger(__name__)
@@ -31,14 +31,13 @@ class Retriever:
 
     @classmethod
     def from_index(
-        cls, index_dir: Path, model: SentenceTransformer | EncoderConfig | str | None = None
+        cls, index_dir: Path, model: SentenceTransformer | EncoderConfig | str | None = None,
+        backend: str | None = None,
     ) -> Retriever:
-        """Open an index folder; the encoder defaults to the one named in its meta.json."""
+        """Open an index folder; the encoder and its backend default to those named in its meta.json."""
         index = DenseIndex.load(Path(index_dir))
-        if model is None:
-            model = EncoderConfig(model=index.meta.model)
-        if isinstance(model, str):
-            model = EncoderConfig(model=model)
+        if model is None or isinstance(model, str):
+            model = EncoderConfig(model=model or index.meta.model, backend=backend or index.meta.backend)
         if isinstance(model, EncoderConfig):
             batch_size = model.batch_size
             model = load_encoder(model)
@@ -65,12 +64,13 @@ class Retriever:
         return encode_texts(self.model, texts, self.batch_size, task="query")
 
     def search(
-        self, queries: Mapping[str, str] | Sequence[str], k: int = DEFAULT_DEPTH, drop_self_hits: bool = False
+        self, queries: Mapping[str, str] | Sequence[str], k: int = DEFAULT_DEPTH, drop_self_hits: SelfHits = False
     ) -> Run:
         """Top-``k`` documents for each query as {query id: {doc id: score}}.
 
         A plain list of query strings gets ids "0", "1", .... With ``drop_self_hits`` a document whose
-        id equals the query id is removed and one more hit is fetched in its place (BEIR's convention).
+        id equals the query id is removed and one more hit is fetched in its place (BEIR's convention);
+        a set of query ids limits that to those queries.
         """
         if not isinstance(queries, Mapping):
             queries = {str(i): text for i, text in enumerate(queries)}
@@ -85,14 +85,16 @@ class Retriever:
 
 def search_to_trec(index_dir: Path, queries: str, output: Path, k: int = DEFAULT_DEPTH, split: str | None = None,
                    model: str | None = None, search_params: dict[str, int] | None = None,
-                   batch_size: int = EncoderConfig.batch_size) -> Run:
+                   batch_size: int = EncoderConfig.batch_size, drop_self_hits: bool | None = None,
+                   backend: str | None = None) -> Run:
     """``sbmoe search``: queries (a file, or a dataset's judged ones) against an index folder -> TREC run.
 
     The encoder defaults to the one named in the index's meta.json; ``search_params`` (nprobe, efSearch)
-    override the stored ones.
+    override the stored ones; ``drop_self_hits`` overrides the dataset's self-hit rule; ``backend`` (torch,
+    onnx, onnx-int8) the one that built the index.
     """
-    texts, drop_self_hits = load_queries(queries, split)
-    retriever = Retriever.from_index(index_dir, EncoderConfig(model=model, batch_size=batch_size) if model else None)
+    texts, drop_self_hits = load_queries(queries, split, drop_self_hits)
+    retriever = Retriever.from_index(index_dir, model, backend)
     retriever.batch_size = batch_size
     retriever.index.apply_search_params(search_params or {})
     run = retriever.search(texts, k=k, drop_self_hits=drop_self_hits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_file
-from ..data import BeirDataset
+from ..data import BeirDataset, DataFormatError
 from .faiss_index import DenseIndex, IndexMeta, IndexMismatchError, new_faiss_index
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,33 @@ def encode_to_shards(
     manifest: ShardManifest,
     encode: Callable[[list[str]], np.ndarray],
     show_progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> int:
-    """Encode every chunk that has no complete shard yet; returns the number of shards."""
+    """Encode every chunk that has no complete shard yet; returns the number of shards.
+
+    With ``world`` processes (``torchrun``), process ``rank`` encodes chunks ``rank, rank + world, ...``
+    only, into the same folder; the index is built once every process has finished.
+
+    A malformed corpus removes the shard folder: its shards could never complete an index, and once the
+    file is fixed its fingerprint no longer matches them.
+    """
+    try:
+        return _encode_missing_shards(dataset, folder, manifest, encode, show_progress, rank, world)
+    except DataFormatError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _encode_missing_shards(
+    dataset: BeirDataset,
+    folder: Path,
+    manifest: ShardManifest,
+    encode: Callable[[list[str]], np.ndarray],
+    show_progress: bool,
+    rank: int,
+    world: int,
+) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
@@ -92,6 +118,9 @@ def encode_to_shards(
     with tqdm(total=total, desc=f"Encoding {dataset.name}", unit="doc", disable=not show_progress) as bar:
         for number, chunk in enumerate(dataset.iter_corpus_chunks(manifest.chunk_size)):
             count = number + 1
+            if number % world != rank:  # another process's chunk
+                bar.update(len(chunk))
+                continue
             done = read_shard(folder, number, manifest)
             if done is not None:
                 if done[0] != [doc.doc_id for doc in chunk]:

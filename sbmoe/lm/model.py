@@ -4,6 +4,8 @@ Every block is attention + a token-level MoE FFN from ``sbmoe.moe``. All layers'
 ``ExpertFFNBank`` (layer l owns experts l*E .. l*E+E-1); ``pool`` decides what each layer's router may
 choose: its own experts (``local``, the layer-local baseline) or, under ReXMoE, the experts of r adjacent
 layers (``group`` or ``sliding``). PSR hides non-local candidates early in training (``set_progress``).
+With ``pregate`` every block after the first routes from the previous block's MoE input (Pre-gated MoE,
+``sbmoe.moe.pregate``); the parameters are the baseline's, so a trained baseline converts by loading them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..moe.moe_layer import ExpertFFNBank, MoEFeedForward, RoutingStats
+from ..moe.pregate import PreGatedMoEFeedForward
 from ..moe.rexmoe import POOL_MODES, PSR_SCHEDULES, layer_candidates, pool_balance_loss, psr_mask
 
 PSR_FRACTION = 0.5  # default share of training over which PSR unmasks, when a PSR schedule is chosen
@@ -39,6 +42,7 @@ class LMConfig:
     psr_schedule: str = "none"  # none | linear | step
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.001
+    pregate: bool = False  # block l's router reads block l-1's MoE input (Pre-gated MoE)
 
     def __post_init__(self) -> None:
         if self.pool not in POOL_MODES:
@@ -76,11 +80,18 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         candidates = layer_candidates(layer, config.n_layer, config.experts_per_layer, config.reuse, config.pool)
         own = list(range(layer * config.experts_per_layer, (layer + 1) * config.experts_per_layer))
-        self.moe = MoEFeedForward(bank, candidates, own, top_k=config.top_k, z_loss_weight=config.z_loss_weight)
+        self.pregated = config.pregate and layer > 0
+        layer_class = PreGatedMoEFeedForward if self.pregated else MoEFeedForward
+        self.moe = layer_class(bank, candidates, own, top_k=config.top_k, z_loss_weight=config.z_loss_weight)
 
-    def forward(self, x: Tensor, candidate_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, candidate_mask: Tensor | None,
+                gate_input: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns the block's output and its MoE input (the next block's gate input when pre-gated)."""
         x = x + self.attn(self.ln_1(x))
-        return x + self.moe(self.ln_2(x), candidate_mask)
+        h = self.ln_2(x)
+        if self.pregated:
+            return x + self.moe(h, candidate_mask, gate_input), h
+        return x + self.moe(h, candidate_mask), h
 
 
 class MoELM(nn.Module):
@@ -124,8 +135,9 @@ class MoELM(nn.Module):
         mask = self.candidate_mask()
         if mask is not None:
             mask = mask.to(idx.device)
+        h = None
         for block in self.blocks:
-            x = block(x, mask)
+            x, h = block(x, mask, h)
         logits = self.head(self.ln_f(x))
         if targets is None:
             return logits, None

@@ -1,9 +1,15 @@
 """Training loop for the MoE LM testbed: AdamW with warm-up and cosine decay, periodic validation
-perplexity and routing statistics, atomic checkpoints, and exact resume after a kill."""
+perplexity and routing statistics, atomic checkpoints, and exact resume after a kill.
+
+Long runs stop early by the convergence rule (``converged``: validation perplexity improved by less than
+1% over the last 20% of steps) and may be cut into chunks (``time_limit_s``: stop after the first
+checkpoint past the limit; rerunning resumes exactly), so eval scripts can run them as bounded cells.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,31 @@ class LMTrainConfig:
     seed: int = 0
     output: Path | None = None  # checkpoints (and resume) when set
     show_progress: bool = True
+    stop_on_convergence: bool = False  # end before ``steps`` once ``converged`` holds
+    convergence_window: float = 0.2  # ... over this last share of steps
+    convergence_tolerance: float = 0.01  # ... validation PPL improved by less than this (relative)
+    min_steps: int = 0  # the rule is not applied before this step
+    time_limit_s: float | None = None  # stop after the first checkpoint past this many seconds (resumable)
+    init_from: Path | None = None  # start from this run folder's weights (e.g. a baseline -> pre-gated)
+
+
+def converged(history: list[dict[str, Any]], window: float = 0.2, tolerance: float = 0.01,
+              min_steps: int = 0) -> bool:
+    """True when validation PPL improved by less than ``tolerance`` (relative) over the last ``window`` of
+    steps: the best PPL after step (1 - window) * S against the last PPL at or before it, S the last step."""
+    if not history or history[-1]["step"] < min_steps:
+        return False
+    start = history[-1]["step"] * (1 - window)
+    before = [h["val_ppl"] for h in history if h["step"] <= start]
+    after = [h["val_ppl"] for h in history if h["step"] > start]
+    if not before or not after:
+        return False
+    return (before[-1] - min(after)) / before[-1] < tolerance
+
+
+def finished(history: list[dict[str, Any]], config: LMTrainConfig) -> bool:
+    """Whether a run's history is complete: all steps done, or stopped by the convergence rule."""
+    return bool(history) and (history[-1]["step"] >= config.steps or bool(history[-1].get("converged")))
 
 
 def learning_rate(step: int, config: LMTrainConfig) -> float:
@@ -100,6 +131,15 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start, history = state["step"], state["history"]
+    elif config.init_from is not None:
+        try:
+            model.load_state_dict(load_trained(config.init_from)[0].state_dict())
+        except RuntimeError as error:  # shapes differ: another architecture or vocabulary
+            raise ValueError(f"{Path(config.init_from) / CHECKPOINT}: its model does not fit this configuration "
+                             f"({str(error).splitlines()[-1].strip()})") from None
+    if history and history[-1].get("converged"):
+        return model, history
+    began, wall_before = time.perf_counter(), history[-1].get("wall_s", 0.0) if history else 0.0
 
     bar = tqdm(range(start, config.steps), desc="LM", disable=not config.show_progress, initial=start,
                total=config.steps)
@@ -118,9 +158,16 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             model.set_progress(done / config.steps)
-            history.append({"step": done, "train_loss": loss.item(), **evaluate(model, corpus, config)})
+            history.append({"step": done, "train_loss": loss.item(), **evaluate(model, corpus, config),
+                            "wall_s": round(wall_before + time.perf_counter() - began, 1)})
+            stop = config.stop_on_convergence and converged(history, config.convergence_window,
+                                                            config.convergence_tolerance, config.min_steps)
+            if stop:
+                history[-1]["converged"] = True
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, optimizer, generator, done, history, config)
+            if stop or (config.time_limit_s is not None and time.perf_counter() - began > config.time_limit_s):
+                break
     return model, history
 
 
@@ -139,7 +186,11 @@ def train_and_evaluate(config: LMTrainConfig) -> dict[str, Any]:
     return the final perplexities and routing statistics."""
     if config.output is None:
         raise ValueError("an output folder is needed for the checkpoint and tokenizer")
-    corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=Path(config.output) / TOKENIZER)
+    tokenizer = Path(config.output) / TOKENIZER
+    if config.init_from is not None and not tokenizer.is_file():  # keep the vocabulary of the starting model
+        with atomic_file(tokenizer, "wb") as handle:
+            handle.write((Path(config.init_from) / TOKENIZER).read_bytes())
+    corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=tokenizer)
     config.model.vocab_size = corpus.vocab_size
     model, _ = train_lm(config, corpus)
     return evaluate_final(model, corpus)

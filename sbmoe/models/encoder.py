@@ -16,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
 from .aliases import ModelLoadError, offline_models, resolve_model_name
+from .onnx_backend import BACKENDS, use_onnx
 from .pipeline import replace_pooling, set_normalize
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -31,6 +32,7 @@ class EncoderConfig:
     normalize: bool | None = None
     batch_size: int = 64
     device: str | None = None
+    backend: str = "torch"  # torch | onnx | onnx-int8 (ONNX Runtime on the CPU, see models/onnx_backend.py)
 
 
 def needs_sbmoe_code(path: str) -> bool:
@@ -58,6 +60,8 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
     """
     if config.pooling is not None and config.pooling not in POOLING_MODES:
         raise ModelLoadError(f"unknown pooling {config.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+    if config.backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
     target = resolve_model_name(config.model)
     is_local = Path(target).exists()
     try:
@@ -72,6 +76,8 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
             f"cannot load model {config.model!r} ({target}): {str(exc).splitlines()[0]} "
             f"Available offline: {offline}, or any local model directory."
         ) from exc
+    if config.backend != "torch":
+        use_onnx(model, target, config.backend)
     if config.pooling is not None:
         replace_pooling(model, config.pooling)
     if config.normalize is not None:

@@ -1,9 +1,11 @@
-"""Embedding text with an encoder: batches by token length, and whole corpora through the embedding cache."""
+"""Embedding text with an encoder: length-sorted batches under a token budget, and whole corpora through the
+embedding cache."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,22 +21,71 @@ from .pipeline import pooling_mode
 logger = logging.getLogger(__name__)
 
 
-def _pad_batch(encoded: dict[str, list[list[int]]], rows: np.ndarray, pad_id: int, left: bool) -> dict:
-    """Pad the pre-tokenized rows into tensors, as the tokenizer's own padding would."""
-    width = max(len(encoded["input_ids"][i]) for i in rows)
-    features: dict = {"modality": "text"}
-    for key, fill in (("input_ids", pad_id), ("token_type_ids", 0), ("attention_mask", 0)):
-        if key not in encoded:
-            continue
-        block = np.full((len(rows), width), fill, dtype=np.int64)
-        for out_row, i in enumerate(rows):
-            values = encoded[key][i]
-            if left:
-                block[out_row, width - len(values):] = values
-            else:
-                block[out_row, :len(values)] = values
-        features[key] = torch.from_numpy(block)
-    return features
+MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass: bounds activation memory (16 x 256-token docs)
+TOKENIZE_BLOCK = 1024  # texts tokenized per call; token ids are then kept as flat int32 arrays
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids of many texts as one flat int32 array plus offsets (a few bytes per token, where the
+    tokenizer's Python lists take ~100); attention masks are all ones before padding, so none are kept."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    type_ids: np.ndarray | None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def build(cls, tokenizer, texts: Sequence[str], max_length: int | None) -> TokenizedTexts:
+        """Tokenize in blocks of ``TOKENIZE_BLOCK``, truncated exactly as ``model.preprocess`` does."""
+        ids: list[np.ndarray] = []
+        types: list[np.ndarray] = []
+        lengths: list[int] = []
+        with_types = True
+        for start in range(0, len(texts), TOKENIZE_BLOCK):
+            encoded = tokenizer(list(texts[start:start + TOKENIZE_BLOCK]), truncation=True, max_length=max_length)
+            with_types = with_types and "token_type_ids" in encoded
+            for row, row_ids in enumerate(encoded["input_ids"]):
+                ids.append(np.asarray(row_ids, dtype=np.int32))
+                lengths.append(len(row_ids))
+                if with_types:
+                    types.append(np.asarray(encoded["token_type_ids"][row], dtype=np.int8))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat_types = np.concatenate(types) if with_types and types else None
+        return cls(np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets, flat_types)
+
+    def pad(self, rows: np.ndarray, pad_id: int, left: bool) -> dict:
+        """Padded tensors for ``rows``, as the tokenizer's own padding would make them."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        blocks = {"input_ids": np.full((len(rows), width), pad_id, dtype=np.int64),
+                  "attention_mask": np.zeros((len(rows), width), dtype=np.int64)}
+        if self.type_ids is not None:
+            blocks["token_type_ids"] = np.zeros((len(rows), width), dtype=np.int64)
+        for out_row, (i, length) in enumerate(zip(rows, lengths, strict=True)):
+            span = slice(width - length, width) if left else slice(0, length)
+            source = slice(self.offsets[i], self.offsets[i + 1])
+            blocks["input_ids"][out_row, span] = self.ids[source]
+            blocks["attention_mask"][out_row, span] = 1
+            if self.type_ids is not None:
+                blocks["token_type_ids"][out_row, span] = self.type_ids[source]
+        return {"modality": "text", **{key: torch.from_numpy(block) for key, block in blocks.items()}}
+
+
+def token_budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Row indices, longest first, cut into batches of at most ``batch_size`` rows and ``max_tokens`` padded
+    tokens (rows x longest row), so long documents come in smaller batches and short ones in full batches."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(batch_size, max_tokens // max(int(lengths[order[start]]), 1)))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
 
 
 @torch.inference_mode()
@@ -45,15 +96,16 @@ def encode_texts(
     show_progress: bool = False,
     progress: tqdm | None = None,
     task: str | None = None,
+    max_tokens: int = MAX_BATCH_TOKENS,
 ) -> np.ndarray:
-    """Embed ``texts`` (float32, input order), batching by exact token length to minimise padding.
+    """Embed ``texts`` (float32, input order), batching length-sorted texts by a token budget.
 
     ``task`` ("query" or "document") picks the route of a model with a sentence-transformers Router
     (separate SB-MoE heads for queries and documents); other models ignore it.
 
-    The texts are tokenized once in one batched call (truncated to ``max_seq_length``, exactly as
-    ``model.preprocess`` does) and each batch is padded here, so embeddings equal ``model.encode``'s;
-    only the batching differs (sentence-transformers sorts by character count and tokenizes per batch).
+    The texts are tokenized once (truncated to ``max_seq_length``, exactly as ``model.preprocess`` does)
+    and each batch is padded here, so embeddings equal ``model.encode``'s; only the batching differs
+    (sentence-transformers sorts by character count, tokenizes per batch and uses fixed batch sizes).
     """
     dim = model.get_embedding_dimension()
     out = np.empty((len(texts), dim), dtype=np.float32)
@@ -61,16 +113,12 @@ def encode_texts(
         return out
     model.eval()
     tokenizer = model.tokenizer
-    encoded = tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)
-    encoded = {k: encoded[k] for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded}
-    lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
-    order = np.argsort(-lengths, kind="stable")
+    tokens = TokenizedTexts.build(tokenizer, texts, model.max_seq_length)
     pad_id, left = tokenizer.pad_token_id or 0, tokenizer.padding_side == "left"
     route = {"task": task} if task and any(isinstance(m, Router) for m in model.modules()) else {}
     bar = progress or tqdm(total=len(texts), desc="Encoding", unit="doc", disable=not show_progress)
-    for start in range(0, len(texts), batch_size):
-        rows = order[start:start + batch_size]
-        features = _pad_batch(encoded, rows, pad_id, left)
+    for rows in token_budget_batches(tokens.lengths, batch_size, max_tokens):
+        features = tokens.pad(rows, pad_id, left)
         features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         out[rows] = model(features, **route)["sentence_embedding"].float().cpu().numpy()
         bar.update(len(rows))

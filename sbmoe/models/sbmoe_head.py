@@ -13,6 +13,8 @@ How the gate is trained (``gate``):
 - ``straight_through`` / ``gumbel``: one expert at weight 1 in the forward pass, the softmax's (or a
   Gumbel-softmax sample's) gradient in the backward pass.
 
+The gate reads the pooled embedding standardised (``router_norm``); the experts read it as it is.
+
 Inference routing (``mode``): ``top1`` (one expert, with the weight the gate was trained to give it),
 ``all`` (dense softmax) or ``random`` (a uniformly random expert; also used in training: the control arm).
 The mode is passed to the router per call, never stored on it.
@@ -31,7 +33,7 @@ from sentence_transformers.sentence_transformer.modules import Module
 from torch import Tensor
 
 from ..moe.experts import ExpertBank
-from ..moe.router import NoisyTopKRouter
+from ..moe.router import NoisyTopKRouter, RouterOutput
 
 INFERENCE_MODES = ("top1", "all", "random")
 MOE_CHOICES = ("none", *INFERENCE_MODES)  # ``sbmoe train --moe``: no head, or the head's inference mode
@@ -48,7 +50,7 @@ TRAINABLE_GATES = tuple(g for g in GATES if g != "paper")
 
 class SBMoEHead(Module):
     config_keys: list[str] = ["dim", "num_experts", "latent", "gate_hidden", "mode", "gate", "noisy",
-                              "aux_loss_weight"]
+                              "aux_loss_weight", "router_norm"]
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class SBMoEHead(Module):
         gate: str = "scaled",
         noisy: bool = True,
         aux_loss_weight: float = 0.0,
+        router_norm: bool = True,
     ) -> None:
         super().__init__()
         if mode not in INFERENCE_MODES:
@@ -70,6 +73,7 @@ class SBMoEHead(Module):
         self.latent = latent or dim // 2
         self.gate_hidden = gate_hidden or dim // 2
         self.aux_loss_weight = aux_loss_weight
+        self.router_norm = router_norm
         self.router = NoisyTopKRouter(dim, num_experts, gate_hidden=self.gate_hidden, mode="top1", noisy=noisy,
                                       aux_loss_weight=aux_loss_weight)
         self.experts = ExpertBank(num_experts, dim, self.latent)
@@ -92,9 +96,16 @@ class SBMoEHead(Module):
             return x + torch.einsum("ne,end->nd", weights, F.normalize(self.experts.all_experts(x), p=2, dim=-1))
         return x + F.normalize(self.experts(x, weights), p=2, dim=-1)
 
+    def route(self, x: Tensor, mode: str | None = None) -> RouterOutput:
+        """Route pooled embeddings. With ``router_norm`` the gate reads them standardised per vector (no
+        learned scale): sentence embeddings share a large common component, which otherwise sends almost
+        every input to one expert from initialisation on."""
+        gate_input = F.layer_norm(x, (self.dim,)) if self.router_norm else x
+        return self.router(gate_input, mode=self.routing_mode(mode))
+
     def forward(self, features: dict[str, Any], mode: str | None = None, **kwargs: Any) -> dict[str, Any]:
         x = features["sentence_embedding"]
-        routed = self.router(x, mode=self.routing_mode(mode))
+        routed = self.route(x, mode)
         features["sentence_embedding"] = self.mix(x, routed.weights)
         if self.training and self.aux_loss_weight:
             self._aux_losses.append(routed.aux_loss)
@@ -120,5 +131,6 @@ class SBMoEHead(Module):
                       "local_files_only": local_files_only}
         config = cls.load_config(model_name_or_path=model_name_or_path, **hub_kwargs)
         config.setdefault("gate", "paper")  # heads saved before gates were configurable used the paper's
+        config.setdefault("router_norm", False)  # ... and routed the raw pooled embedding
         head = cls(**{k: v for k, v in config.items() if k in cls.config_keys})
         return cls.load_torch_weights(model_name_or_path=model_name_or_path, model=head, **hub_kwargs)

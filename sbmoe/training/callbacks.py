@@ -29,6 +29,25 @@ class TrainLogCallback(TrainerCallback):
             record["expert_usage"] = [[round(float(u), 4) for u in h.router.usage()] for h in heads]
             for head in heads:
                 head.router.reset_usage()
+        if not state.is_world_process_zero:  # data-parallel: one log, written by rank 0
+            return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         logger.info("step %s: %s", state.global_step, record)
+
+
+class RestoreRngOnResume(TrainerCallback):
+    """Restores a checkpoint's RNG states just before the first resumed step.
+
+    The trainer restores them itself only when it replays the skipped batches; a stream that restarts at a
+    row offset (``ignore_data_skip``) needs them restored here, after the data iterator exists, so that
+    dropout and router noise continue exactly as in an uninterrupted run.
+    """
+
+    def __init__(self, trainer: Any, checkpoint: Path) -> None:
+        self.trainer, self.checkpoint = trainer, checkpoint
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self.checkpoint is not None:
+            self.trainer._load_rng_state(str(self.checkpoint))
+            self.checkpoint = None

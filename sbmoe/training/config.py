@@ -18,6 +18,9 @@ class TrainConfig:
     output: Path = Path("models/sbmoe")
     data: str = "scifact"
     split: str = "train"
+    collection: Path | None = None  # with --data id-triples: MS MARCO collection.tsv (pid<TAB>passage)
+    queries_file: Path | None = None  # with --data id-triples: queries.train.tsv (qid<TAB>query)
+    shuffle_buffer: int = 100_000  # rows a triples file is shuffled over at once (memory: one window)
     moe: str = "top1"
     experts: int = 6
     latent: int | None = None
@@ -25,6 +28,7 @@ class TrainConfig:
     freeze_router: bool = False
     separate_heads: bool = False
     aux_loss_weight: float | None = None
+    router_lr_scale: float = 10.0
     lr: float = 1e-4
     batch_size: int = 64
     epochs: float = 1.0
@@ -35,7 +39,9 @@ class TrainConfig:
     freeze_encoder: bool = False
     dev_fraction: float = 0.1
     dev_distractors: int = 1000
+    dev_max_rows: int = 1000  # cap on the rows a triples file holds out for dev evaluation
     eval_steps: int | None = None
+    save_steps: int | None = None  # checkpoint interval; default: every --eval-steps
     patience: int | None = None
     show_progress: bool = True
     overwrite: bool = False
@@ -50,14 +56,21 @@ class TrainConfig:
             raise ValueError("--freeze-encoder trains only the SB-MoE head, so it needs --moe top1|all|random")
         if self.experts < 1:
             raise ValueError(f"--experts must be at least 1, got {self.experts}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"--shuffle-buffer must be at least 1, got {self.shuffle_buffer}")
+        if (self.collection is None) != (self.queries_file is None):
+            raise ValueError("MS MARCO id triples need both --collection and --queries-file")
+
+    def router_trains(self) -> bool:
+        """Whether the head's router can learn: a head, a gate with router gradients, not frozen or random."""
+        return self.moe not in ("none", "random") and self.gate != "paper" and not self.freeze_router
 
     def resolved_aux_loss_weight(self) -> float:
         """Trainable gates get a load-balancing loss by default; the paper's gate (no router gradient),
         a frozen router and the random control have nothing for it to act on."""
         if self.aux_loss_weight is not None:
             return self.aux_loss_weight
-        trainable = self.gate != "paper" and not self.freeze_router and self.moe != "random"
-        return DEFAULT_BALANCE_WEIGHT if trainable else 0.0
+        return DEFAULT_BALANCE_WEIGHT if self.router_trains() else 0.0
 
     def resolved_temperature(self, normalized: bool) -> float:
         """The paper's temperature 1 suits raw dot products; with L2-normalized embeddings (cosine in

@@ -10,11 +10,13 @@ from torch import Tensor, nn
 from ..models.pipeline import sbmoe_heads
 
 
-def ranking_loss(model: SentenceTransformer, temperature: float) -> nn.Module:
+def ranking_loss(model: SentenceTransformer, temperature: float, gather: bool = False) -> nn.Module:
     """MultipleNegativesRankingLoss over dot products / temperature (in-batch and hard negatives),
-    plus every head's auxiliary loss."""
+    plus every head's auxiliary loss. ``gather`` (data-parallel runs) scores each rank's queries against
+    the documents of every rank, so the ranking loss is the one-process loss over the global batch."""
     return RouterAuxLoss(model, MultipleNegativesRankingLoss(model, scale=1.0 / temperature,
-                                                             similarity_fct=dot_score))
+                                                             similarity_fct=dot_score,
+                                                             gather_across_devices=gather))
 
 
 class RouterAuxLoss(nn.Module):

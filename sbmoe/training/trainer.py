@@ -5,13 +5,19 @@ or a triples file (TSV ``query<TAB>positive<TAB>negative`` or JSONL with those k
 the training queries is held out as a dev set; its nDCG@10 drives evaluation, keep-best and early
 stopping. Loss: MultipleNegativesRankingLoss (in-batch + hard negatives, dot products / temperature)
 plus the routers' auxiliary loss. Checkpoints go to ``<output>-checkpoints``; rerunning the same command
-resumes from the last one. The final model is written atomically to ``output``.
+resumes from the last complete one (a triples stream restarts at ``global_step * global_batch``, so the
+data order, like the optimizer and RNG states, continues exactly). The final model is written atomically
+to ``output``. Under ``torchrun`` the run is data-parallel: ``--batch-size`` is per process, the ranking
+loss gathers every rank's embeddings (so it equals the one-process loss over the global batch), and only
+rank 0 writes the log and the model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,13 +29,14 @@ from sentence_transformers.util import dot_score
 from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
+from .. import distributed
 from ..atomic import atomic_dir
 from ..data import BeirDataset, DataFormatError
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_texts
 from ..models.pipeline import normalizes, pooling_prefix, with_head
 from ..models.sbmoe_head import SBMoEHead
-from .callbacks import TrainLogCallback
+from .callbacks import RestoreRngOnResume, TrainLogCallback
 from .config import TrainConfig
 from .embedding_table import EmbeddingTable
 from .losses import ranking_loss
@@ -67,6 +74,18 @@ def head_only_model(prefix: SentenceTransformer, head: nn.Module, data: Training
     return SentenceTransformer(modules=modules, device=str(prefix.device))
 
 
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint with its trainer state (written last); a kill -9 during a save leaves an
+    incomplete folder, which rank 0 removes so that the trainer does not try to resume from it."""
+    complete = None
+    for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+        if (path / "trainer_state.json").is_file():
+            complete = path
+        elif distributed.is_main():
+            shutil.rmtree(path, ignore_errors=True)
+    return complete
+
+
 def train(config: TrainConfig) -> Path:
     """Train, keep the best dev checkpoint, and write the final sentence-transformers folder."""
     from datasets import Dataset
@@ -74,6 +93,7 @@ def train(config: TrainConfig) -> Path:
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     config.validate()
+    distributed.init_process_group()
     output = Path(config.output)
     if output.exists() and not config.overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
@@ -84,48 +104,70 @@ def train(config: TrainConfig) -> Path:
     normalize = normalizes(base)
     prefix = pooling_prefix(base)
     if Path(config.data).is_file():
-        data = triples_data(Path(config.data), config.dev_fraction, config.seed)
+        data = triples_data(config)
     else:
         data = beir_data(BeirDataset.open(config.data), config.split, base, config)
-    if not data.anchors:
+    if not len(data):
         raise DataFormatError(f"{config.data}: no training pairs left after holding out the dev queries")
+    streaming = data.stream is not None and not config.freeze_encoder
+    if not streaming:
+        data.materialize()
 
     set_seed(config.seed)  # the head's initialisation does not depend on how much mining consumed
     head = make_heads(config, prefix.get_embedding_dimension())
     trainee = head_only_model(prefix, head, data, config, normalize) if config.freeze_encoder else with_head(base, head)
 
     temperature = config.resolved_temperature(normalize)
-    loss = ranking_loss(trainee, temperature)
+    world = distributed.world_size()
+    loss = ranking_loss(trainee, temperature, gather=world > 1)
     evaluator = InformationRetrievalEvaluator(
         data.dev_queries, data.dev_corpus, data.dev_qrels, name="dev", ndcg_at_k=[10], mrr_at_k=[10],
         accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], batch_size=config.batch_size,
         score_functions={"dot": dot_score}, write_csv=False, show_progress_bar=False,
     ) if data.dev_queries else None
-    steps_per_epoch = max(1, len(data.anchors) // config.batch_size)
+    global_batch = config.batch_size * world
+    steps_per_epoch = max(1, len(data) // global_batch)
     eval_steps = config.eval_steps or steps_per_epoch
+    max_steps = config.max_steps
+    if streaming and max_steps <= 0:  # a stream has no length for the trainer to count epochs with
+        max_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(config.checkpoint_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        output_dir=str(config.checkpoint_dir), num_train_epochs=config.epochs, max_steps=max_steps,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         learning_rate=config.lr, warmup_steps=0, seed=config.seed, data_seed=config.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="steps" if evaluator else "no",
-        eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps, save_total_limit=2,
+        batch_sampler=BatchSamplers.BATCH_SAMPLER if streaming else BatchSamplers.NO_DUPLICATES,
+        eval_strategy="steps" if evaluator else "no", eval_steps=eval_steps, save_strategy="steps",
+        save_steps=config.save_steps or eval_steps, save_total_limit=2, ignore_data_skip=streaming,
+        accelerator_config={"dispatch_batches": False},  # every rank reads the stream, keeps its slice
         load_best_model_at_end=evaluator is not None, metric_for_best_model="eval_dev_dot_ndcg@10",
         greater_is_better=True, logging_steps=max(1, min(eval_steps, 10)), report_to="none",
-        disable_tqdm=not config.show_progress, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not config.show_progress,
+        # the router sees one epoch of few steps: it learns at router_lr_scale x the encoder's rate
+        learning_rate_mapping={r"\.router\.": config.lr * config.router_lr_scale} if config.router_trains()
+        and config.router_lr_scale != 1.0 else {}, use_cpu=not torch.cuda.is_available(),
         router_mapping={"anchor": "query", "positive": "document", "negative": "document"}
         if config.separate_heads else {},
     )
     callbacks: list[TrainerCallback] = [TrainLogCallback(trainee, config.checkpoint_dir / "train_log.jsonl")]
     if config.patience and evaluator is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
-    train_set = Dataset.from_dict({"anchor": data.anchors, "positive": data.positives, "negative": data.negatives})
+    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume = last_complete_checkpoint(config.checkpoint_dir)
+    distributed.barrier()
+    position = 0
+    if resume is not None:
+        logger.warning("resuming from %s", resume)
+        position = json.loads((resume / "trainer_state.json").read_text())["global_step"] * global_batch
+    train_set = data.stream.dataset(position) if streaming else Dataset.from_dict(
+        {"anchor": data.anchors, "positive": data.positives, "negative": data.negatives})
     trainer = SentenceTransformerTrainer(model=trainee, args=args, train_dataset=train_set, loss=loss,
                                          evaluator=evaluator, callbacks=callbacks)
-    config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    resume = any(config.checkpoint_dir.glob("checkpoint-*"))
-    if resume:
-        logger.warning("resuming from the last checkpoint in %s", config.checkpoint_dir)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    if streaming and resume is not None:
+        trainer.add_callback(RestoreRngOnResume(trainer, resume))
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    if not distributed.is_main():
+        distributed.barrier()
+        return output
 
     final = with_head(base, head) if config.freeze_encoder else trainee
     final.eval()
@@ -138,4 +180,5 @@ def train(config: TrainConfig) -> Path:
         log = config.checkpoint_dir / "train_log.jsonl"
         if log.exists():
             (tmp / "train_log.jsonl").write_text(log.read_text(encoding="utf-8"), encoding="utf-8")
+    distributed.barrier()
     return output

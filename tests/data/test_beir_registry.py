@@ -41,7 +41,7 @@ def test_good_dataset_streams_and_validates(tmp_path: Path) -> None:
     [
         ('{"_id": "d1", "text": "ok"}\n{"_id": "d2", "text": \n', "corpus.jsonl:2: invalid JSON"),
         ('{"_id": "d1", "text": "ok"}\n{"text": "no id"}\n', "corpus.jsonl:2: missing '_id'"),
-        ('{"_id": "d1"}\n{"_id": "d1"}\n', "corpus.jsonl:2: duplicate _id 'd1'"),
+        ('{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n', "corpus.jsonl:2: duplicate _id 'd1'"),
         ('["not", "an", "object"]\n', "corpus.jsonl:1: expected a JSON object"),
         ('{"_id": "d1", "text": 5}\n', "corpus.jsonl:1: field 'text' must be a string"),
         ("\n\n", "corpus is empty"),
@@ -66,14 +66,20 @@ def test_malformed_qrels_names_file_and_line(tmp_path: Path, qrels: str, message
         ds.load_split("test")
 
 
-def test_qrels_with_unknown_ids_are_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_qrels_with_unknown_ids_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Unknown queries are skipped; unknown documents are kept for scoring (BEIR, trec_eval) unless asked not to."""
     qrels = GOOD_QRELS + "q1\tmissing-doc\t1\nq1\tother-missing\t1\nq9\td1\t1\n"
     ds = BeirDataset(write_beir(tmp_path, GOOD_CORPUS, GOOD_QUERIES, qrels), "toy")
     with caplog.at_level(logging.WARNING):
         _, loaded = ds.load_split("test")
+    assert loaded == {"q1": {"d1": 1, "missing-doc": 1, "other-missing": 1}, "q2": {"d2": 2}}
+    assert "kept 2 judgements naming documents not in the corpus" in caplog.text
+    assert "skipped 1 judgements naming queries not in queries.jsonl" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, loaded = ds.load_split("test", keep_unknown_docs=False)
     assert loaded == {"q1": {"d1": 1}, "q2": {"d2": 2}}
     assert "skipped 2 judgements naming documents not in the corpus" in caplog.text
-    assert "skipped 1 judgements naming queries not in queries.jsonl" in caplog.text
 
 
 def test_missing_split_lists_available_ones(tmp_path: Path) -> None:

@@ -32,9 +32,10 @@ def naive_head(head: SBMoEHead, x: torch.Tensor, rule: str, noise: torch.Tensor 
     outputs = []
     for n in range(x.shape[0]):
         v = x[n]
-        logits = gate[2](torch.relu(gate[0](v)))
+        g = (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + 1e-5) if head.router_norm else v  # LayerNorm
+        logits = gate[2](torch.relu(gate[0](g)))
         if noise is not None:
-            logits = logits + noise[n] * F.softplus(head.router.noise(v))
+            logits = logits + noise[n] * F.softplus(head.router.noise(g))
         probs = torch.softmax(logits, dim=-1)
         best = int(torch.argmax(probs))
         if rule == "all":

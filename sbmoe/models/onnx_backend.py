@@ -1,0 +1,99 @@
+"""The ONNX Runtime backend: the pipeline's Transformer replaced by an ORT session, everything after it in torch.
+
+sentence-transformers' own ``backend="onnx"`` needs Optimum, which does not install beside transformers 5,
+so sbmoe runs the same file (``onnx/model.onnx`` in the model folder, same inputs and output) itself.
+A folder without the file gets one exported into ``$SBMOE_CACHE/onnx/<model fingerprint>/`` on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from torch import nn
+
+from ..data import cache_root
+from .fingerprint import model_fingerprint
+from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, export_transformer, quantize_int8
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
+
+
+class OnnxTransformer(nn.Module):
+    """Drop-in for sentence-transformers' Transformer module: padded token features -> token embeddings.
+
+    It keeps the tokenizer and ``max_seq_length`` (the pipeline's tokenization is unchanged) and holds no
+    torch weights; its config names the graph file's sha256, so the model fingerprint (embedding cache,
+    index metadata) tells an fp32 graph, an int8 graph and the torch weights apart.
+    """
+
+    def __init__(self, path: Path, tokenizer: Any, max_seq_length: int | None, dim: int,
+                 threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.enable_mem_pattern = False  # planned buffers for the largest batch cost ~250 MB of peak RSS
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.path = Path(path)
+        self.file_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.dim = dim
+
+    def forward(self, features: dict[str, Any], **_: Any) -> dict[str, Any]:
+        feed = {name: features[name].cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
+        features["token_embeddings"] = torch.from_numpy(self.session.run(None, feed)[0])
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.dim
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"onnx_sha256": self.file_sha256, "max_seq_length": self.max_seq_length}
+
+
+def backend_of(model: SentenceTransformer) -> str:
+    """``torch``, or the ONNX backend whose session runs the model's Transformer."""
+    first = model[0]
+    if not isinstance(first, OnnxTransformer):
+        return "torch"
+    return "onnx-int8" if first.path.name == Path(ONNX_INT8_FILE).name else "onnx"
+
+
+def onnx_file(model: SentenceTransformer, source: str, backend: str) -> Path:
+    """The graph for ``backend``: the model folder's own file, else one exported into the cache."""
+    if backend not in _FILES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    own = Path(source) / _FILES[backend]
+    if own.is_file():
+        return own
+    folder = cache_root() / "onnx" / model_fingerprint(model)
+    fp32 = folder / ONNX_FILE
+    if not fp32.is_file():
+        export_transformer(model, fp32)
+    if backend == "onnx":
+        return fp32
+    int8 = folder / ONNX_INT8_FILE
+    return int8 if int8.is_file() else quantize_int8(fp32, int8)
+
+
+def use_onnx(model: SentenceTransformer, source: str, backend: str) -> SentenceTransformer:
+    """Replace ``model``'s Transformer by an ONNX Runtime session of the same graph (fp32 or int8), in place."""
+    if model.device.type != "cpu":
+        raise ValueError(f"the {backend} backend runs on the CPU, not {model.device}")
+    first = model[0]
+    if not hasattr(first, "auto_model"):
+        raise ValueError(f"the {backend} backend needs a Transformer as the first module, not {type(first).__name__}")
+    path = onnx_file(model, source, backend)
+    dim = first.get_embedding_dimension()
+    model[0] = OnnxTransformer(path, first.tokenizer, first.max_seq_length, dim)
+    return model
