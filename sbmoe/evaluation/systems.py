@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sentence_transformers import SentenceTransformer
 
@@ -113,7 +113,7 @@ def build_systems(config: SystemsConfig) -> dict[str, SystemFn]:
     progress = sys.stderr.isatty() if config.show_progress is None else config.show_progress
 
     def dense(name: str) -> SystemFn:
-        encoder = EncoderConfig(**{**config.encoder.__dict__, "model": name})
+        encoder = replace(config.encoder, model=name)
         return memoized(dense_system(encoder, use_cache=config.use_cache, show_progress=progress))
 
     systems = {name: dense(name) for name in config.models}

