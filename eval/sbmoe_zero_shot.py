@@ -282,7 +282,8 @@ def summarize() -> dict:
         routing = [c for c in cells if c["encoder"] == encoder and c.get("routing")
                    and system.split(":")[0] == c["arm"]]
         if routing:
-            entropies = [c["routing"]["scifact"]["normalized_entropy"] for c in routing if "scifact" in c["routing"]]
+            entropies = [c["routing"]["scifact"]["normalized_entropy"] for c in routing  # undefined for E = 1
+                         if "scifact" in c["routing"] and c["routing"]["scifact"]["num_experts"] > 1]
             entry["routing"] = {
                 "scifact_entropy_over_lnE": statistics.mean(entropies) if entropies else None,
                 "co_routing": {d: statistics.mean(c["routing"][d]["co_routing"] for c in routing if d in c["routing"])

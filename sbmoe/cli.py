@@ -31,6 +31,7 @@ from .index.retriever import search_to_trec
 from .index.shards import SHARD_DTYPES, ShardError
 from .lm.model import PSR_FRACTION, LMConfig
 from .lm.train import LMTrainConfig, evaluate_saved, train_and_evaluate
+from .memory import return_freed_tensors
 from .models.aliases import ALIASES, ModelLoadError
 from .models.encoder import EncoderConfig, set_threads
 from .models.export import EXPORT_FORMATS, ExportConfig, export_model
@@ -70,6 +71,7 @@ def user_errors(func: F) -> F:
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return_freed_tensors()  # a command encodes thousands of batches of changing shapes: keep the heap bounded
     if not verbose:
         from transformers.utils import logging as hf_logging
 

@@ -2,11 +2,12 @@
 
 sentence-transformers' own ``backend="onnx"`` needs Optimum, which does not install beside transformers 5,
 so sbmoe runs the same file (``onnx/model.onnx`` in the model folder, same inputs and output) itself.
-A folder without the file gets one exported into ``$SBMOE_CACHE/onnx/<model fingerprint>/`` on first use.
+A folder without the file gets one exported into ``$SBMOE_CACHE/onnx/<recipe>/<model fingerprint>/`` on first use.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..data import cache_root
 from .fingerprint import model_fingerprint
-from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, export_transformer, quantize_int8
+from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE, export_transformer, quantize_int8
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 _FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
@@ -41,10 +42,12 @@ class OnnxTransformer(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.enable_mem_pattern = False  # planned buffers for the largest batch cost ~250 MB of peak RSS
+        options.enable_cpu_mem_arena = False  # an arena keeps every batch shape's buffers; freed ones go back
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = Path(path)
-        self.file_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        with self.path.open("rb") as graph:  # streamed: the graph is never held in memory twice
+            self.file_sha256 = hashlib.file_digest(graph, "sha256").hexdigest()
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
         self.dim = dim
@@ -76,7 +79,7 @@ def onnx_file(model: SentenceTransformer, source: str, backend: str) -> Path:
     own = Path(source) / _FILES[backend]
     if own.is_file():
         return own
-    folder = cache_root() / "onnx" / model_fingerprint(model)
+    folder = cache_root() / "onnx" / RECIPE / model_fingerprint(model)
     fp32 = folder / ONNX_FILE
     if not fp32.is_file():
         export_transformer(model, fp32)
@@ -94,6 +97,9 @@ def use_onnx(model: SentenceTransformer, source: str, backend: str) -> SentenceT
     if not hasattr(first, "auto_model"):
         raise ValueError(f"the {backend} backend needs a Transformer as the first module, not {type(first).__name__}")
     path = onnx_file(model, source, backend)
-    dim = first.get_embedding_dimension()
-    model[0] = OnnxTransformer(path, first.tokenizer, first.max_seq_length, dim)
+    tokenizer, max_seq_length, dim = first.tokenizer, first.max_seq_length, first.get_embedding_dimension()
+    model[0] = nn.Identity()  # the torch weights go before the session loads its own copy (peak memory)
+    del first
+    gc.collect()
+    model[0] = OnnxTransformer(path, tokenizer, max_seq_length, dim)
     return model

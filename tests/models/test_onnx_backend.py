@@ -17,7 +17,7 @@ from sbmoe.models.encoder import EncoderConfig, load_encoder
 from sbmoe.models.encoding import encode_texts, token_budget_batches
 from sbmoe.models.fingerprint import model_fingerprint
 from sbmoe.models.onnx_backend import OnnxTransformer, backend_of
-from sbmoe.models.onnx_export import ONNX_FILE, ONNX_INT8_FILE, ffn_output_matmuls
+from sbmoe.models.onnx_export import ONNX_FILE, ONNX_INT8_FILE
 from sbmoe.models.pipeline import with_head
 from sbmoe.models.sbmoe_head import SBMoEHead
 
@@ -55,18 +55,30 @@ def test_export_is_a_plain_sentence_transformers_folder_whose_graph_matches_torc
     np.testing.assert_allclose(encode_texts(onnx, texts, batch_size=8), reference, atol=1e-5)
 
 
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 def test_int8_keeps_cosine_to_fp32_on_scifact(minilm_export: Path, minilm_dir: str, scifact_dir: Path) -> None:
-    """Stated tolerance: mean cosine >= 0.996 and min >= 0.993 to fp32 on real abstracts (measured on 300
-    SciFact documents: 0.9978 / 0.9960), and the FFN outputs are the float32 MatMuls of the recipe."""
+    """Stated tolerance: mean cosine >= 0.993 and min >= 0.988 to fp32 on real abstracts (measured on 64
+    SciFact documents: 0.9946 / 0.9918; SciFact nDCG@10 0.6450 vs 0.6451), every weight MatMul integer."""
     texts = scifact_texts(scifact_dir, 48)
     reference = SentenceTransformer(minilm_dir, device="cpu").encode(texts, normalize_embeddings=True)
     int8 = load_encoder(EncoderConfig(model=str(minilm_export), backend="onnx-int8"))
     assert backend_of(int8) == "onnx-int8"
     got = encode_texts(int8, texts)
     cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1)
-    assert cosine.mean() >= 0.996 and cosine.min() >= 0.993, (cosine.mean(), cosine.min())
+    assert cosine.mean() >= 0.993 and cosine.min() >= 0.988, (cosine.mean(), cosine.min())
     assert cosine.mean() < 1 - 1e-6  # it is really quantised
-    assert len(ffn_output_matmuls(minilm_export / ONNX_FILE)) == 6  # one per layer of MiniLM-L6
+    fused, quantised = op_counts(minilm_export / ONNX_FILE), op_counts(minilm_export / ONNX_INT8_FILE)
+    assert fused["Attention"] == 6 and fused["MatMul"] == 18  # fused: per layer one Attention, 3 projections
+    assert quantised.get("QAttention") == 6 and quantised.get("MatMulInteger") == 18
+    assert "MatMul" not in quantised and "Attention" not in quantised
     fingerprints = {model_fingerprint(int8), model_fingerprint(load_encoder(EncoderConfig(model="minilm")))}
     assert len(fingerprints) == 2  # the embedding cache never serves torch embeddings to int8
 
