@@ -55,6 +55,20 @@ def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary sibling path renamed to ``final`` on success, for writers that take a path, not a handle
+    (the ONNX exporter and quantiser)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Pretty JSON, written atomically."""
     with atomic_file(Path(path)) as handle:

@@ -21,17 +21,16 @@ on the FFN output inputs (alpha 0.5: 0.9822; 0.75: 0.9940). No calibration data 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
+
+from ..atomic import atomic_path
 
 ONNX_FILE = "onnx/model.onnx"
 ONNX_INT8_FILE = "onnx/model_int8.onnx"
@@ -40,18 +39,6 @@ OUTPUT_NAME = "last_hidden_state"
 OPSET = 17
 QUANTIZE_CHOICES = ("int8",)
 RECIPE = "fused-int8-all"  # names cached exports: a changed recipe never serves an older file
-
-
-@contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary sibling path renamed to ``final`` on success (the exporters write to paths, not handles)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _HiddenStates(nn.Module):
@@ -100,7 +87,7 @@ def fuse_for_ort(plain: Path, fused: Path, config: object) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
-    with _atomic_path(fused) as tmp:
+    with atomic_path(fused) as tmp:
         if heads and hidden:
             optimize_model(str(plain), model_type="bert", num_heads=heads, hidden_size=hidden,
                            opt_level=1).save_model_to_file(str(tmp))
@@ -114,7 +101,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _atomic_path(int8_path) as tmp:  # contrib ops defeat shape inference: unknown tensors are float
+    with atomic_path(int8_path) as tmp:  # contrib ops defeat shape inference: unknown tensors are float
         quantize_dynamic(str(fp32_path), str(tmp), op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
                          weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": TensorProto.FLOAT})
     return int8_path
