@@ -4,17 +4,18 @@ runtime's latency and memory in four modes.
     python eval/pregate.py [--seeds 0] [--finetune-steps 1000] [--copy-ratios 0.25,0.5,1,2,4] [--time-budget-min 60]
 
 Needs the converged reference of eval/lm_converged.py (its checkpoint in eval/cache/lm_converged/reference).
-Cells (each resumable, skipped once its result exists):
-  scratch-seed<s>  a pre-gated model trained from scratch with the reference's recipe (convergence rule);
+Cells, in this order (each resumable, skipped once its result exists):
   finetune         the reference converted to pre-gated (block l+1's gate reads block l's MoE input,
                    initialised from block l+1's gate) and fine-tuned for ``--finetune-steps``;
-  quality          PPL of baseline, scratch, converted-before-fine-tuning and fine-tuned models, and each
-                   pre-gate's top-k recall against the reference's own gate of the next block;
+  quality          PPL of baseline, converted-before-fine-tuning and fine-tuned models, and each pre-gate's
+                   top-k recall against the reference's own gate of the next block;
   offload          batch-1 decoding of the fine-tuned model on the offload runtime (sbmoe.moe.offload) in
                    all-resident, on-demand, prefetch-all and pre-gated modes, at the real copy speed and at
                    simulated bandwidths where copying one block's active experts takes ``ratio`` x one
                    block's all-resident compute time. Capacities: on-demand and pre-gated 2k experts
-                   (twice the active ones), prefetch-all E + k, all-resident every expert.
+                   (twice the active ones), prefetch-all E + k, all-resident every expert;
+  scratch-seed<s>  a pre-gated model trained from scratch with the reference's recipe (convergence rule); its
+                   PPL joins the quality table when the report is written.
 Writes eval/results/pregate.cells.json, pregate.json, pregate.md, pregate.png (latency vs copy/compute
 ratio) and pregate_timeline.png (copy, compute and stall intervals of a few tokens at ratio 1).
 """
@@ -39,7 +40,7 @@ from sbmoe.moe.offload import OFFLOAD_MODES, OffloadConfig
 TIMELINE_TOKENS = 3
 
 
-def quality(args: argparse.Namespace, cells: Cells, corpus, scratch: list[dict]) -> dict:
+def quality(args: argparse.Namespace, cells: Cells, corpus) -> dict:
     base, _ = load_trained(args.root / "cache" / REFERENCE_RUN)
     tuned, _ = load_trained(cells.cache / "finetune")
     gates, tokens = reference_gates(base), corpus.validation
@@ -49,12 +50,18 @@ def quality(args: argparse.Namespace, cells: Cells, corpus, scratch: list[dict])
                                           "recall": pregate_recall(zero_shot, gates, tokens)},
             "converted + fine-tuned": {"val_ppl": final["val_ppl"], "wikitext2_valid_ppl": final["wikitext2-valid_ppl"],
                                        "recall": pregate_recall(tuned, gates, tokens)}}
-    for result in scratch:
-        rows[f"from scratch (seed {result['seed']})"] = {"val_ppl": result["val_ppl"],
-                                                         "wikitext2_valid_ppl": result["wikitext2_valid_ppl"],
-                                                         "steps": result["steps"]}
     for row in rows.values():
         row["ppl_vs_baseline"] = row["val_ppl"] / rows["baseline"]["val_ppl"] - 1
+    return rows
+
+
+def with_scratch(rows: dict, scratch: list[dict]) -> dict:
+    """The quality table plus one row per from-scratch pre-gated run (cells that finish after ``quality``)."""
+    rows = dict(rows)
+    for result in scratch:
+        rows[f"from scratch (seed {result['seed']})"] = {
+            "val_ppl": result["val_ppl"], "wikitext2_valid_ppl": result["wikitext2_valid_ppl"],
+            "steps": result["steps"], "ppl_vs_baseline": result["val_ppl"] / rows["baseline"]["val_ppl"] - 1}
     return rows
 
 
@@ -180,22 +187,24 @@ def main() -> None:
         raise SystemExit(f"{reference}: no converged reference; run eval/lm_converged.py first")
     corpus = load_corpus(args)
     cells = Cells(args, "pregate")
-    scratch = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        result = cells.train(f"scratch-seed{seed}", reference_config(args, corpus.vocab_size, seed, pregate=True),
-                             corpus)
-        if result is not None:
-            scratch.append({**result, "seed": seed})
+    # cheapest first: conversion + fine-tuning, its quality and the offload runtime, then from-scratch runs
     base_config = reference_config(args, corpus.vocab_size, pregate=True)
     tune = LMTrainConfig(**{**base_config.__dict__, "steps": args.finetune_steps, "lr": args.finetune_lr,
                             "stop_on_convergence": False, "init_from": reference})
     tuned = cells.train("finetune", replace(tune, warmup=min(tune.warmup, args.finetune_steps // 10)), corpus)
-    if not cells.report_pending():  # quality compares against every training cell
-        return
-    result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus, scratch)),
-              "offload": cells.run("offload", lambda _s: offload(args, cells, corpus))}
+    result = {}
+    if tuned is not None:
+        result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus)),
+                  "offload": cells.run("offload", lambda _s: offload(args, cells, corpus))}
+    scratch = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        run = cells.train(f"scratch-seed{seed}", reference_config(args, corpus.vocab_size, seed, pregate=True),
+                          corpus)
+        if run is not None:
+            scratch.append({**run, "seed": seed})
     if not cells.report_pending():
         return
+    result["quality"] = with_scratch(result["quality"], scratch)
     results = args.root / "results"
     write_json(results / "pregate.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
                                           "finetune": tuned, "scratch": scratch, "machine": machine_line()})
