@@ -171,7 +171,7 @@ def plot_timeline(off: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    parser.add_argument("--seeds", default="0", help="seeds of the from-scratch pre-gated runs")
+    parser.add_argument("--seeds", default="0", help="seeds of the from-scratch pre-gated runs (\"\": none)")
     parser.add_argument("--finetune-steps", type=int, default=1000)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--copy-ratios", default="0.25,0.5,1,2,4")
@@ -197,7 +197,7 @@ def main() -> None:
         result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus)),
                   "offload": cells.run("offload", lambda _s: offload(args, cells, corpus))}
     scratch = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         run = cells.train(f"scratch-seed{seed}", reference_config(args, corpus.vocab_size, seed, pregate=True),
                           corpus)
         if run is not None:

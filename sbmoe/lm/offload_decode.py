@@ -1,9 +1,11 @@
 """Token-by-token decoding of a ``MoELM`` whose experts run on an ``ExpertOffloadRuntime``.
 
 Each step feeds one token per sequence (a key/value cache holds the prefix), walks the blocks in order and
-hands every block's routed tokens to the runtime. The runtime's mode decides what is copied ahead: in
-``prefetch-all`` block l asks for all of block l+1's candidates once routed; in ``pre-gated`` block l runs
-block l+1's pre-gate on its MoE input and asks for the chosen experts; both before computing its own.
+hands every block's routed tokens to the runtime. Once a block is routed, the copies of its own missing
+experts start (all of them, before anything for the next block, so the block never waits behind a
+prefetch). The runtime's mode then decides what is copied ahead: in ``prefetch-all`` block l asks for all of
+block l+1's candidates; in ``pre-gated`` block l runs block l+1's pre-gate on its MoE input and asks for the
+chosen experts; both before computing its own experts.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class OffloadedDecoder:
                     routed = self._route(layer, h)
                 ids = block.moe.candidates[routed.indices]
                 ahead = self._route(layer + 1, h) if model.config.pregate and layer + 1 < len(blocks) else None
+                runtime.fetch_missing(ids.unique().tolist())  # this block's misses go first on the link
                 if layer + 1 < len(blocks) and runtime.config.mode in ("prefetch-all", "pre-gated"):
                     nxt = blocks[layer + 1].moe.candidates
                     wanted = nxt if runtime.config.mode == "prefetch-all" else nxt[ahead.indices].unique()

@@ -54,8 +54,8 @@ class CountingRuntime(ExpertOffloadRuntime):
         self.seen: list[int] = []
         super().__init__(*args, **kwargs)
 
-    def _insert(self, expert: int, keep: set[int]) -> bool:
-        started = super()._insert(expert, keep)
+    def _insert(self, expert: int, keep: set[int], group=None) -> bool:
+        started = super()._insert(expert, keep, group)
         self.seen.append(len(self.slots))
         return started
 
@@ -83,7 +83,9 @@ def test_runtime_output_is_exact_and_the_cache_stays_within_capacity() -> None:
             runtime = CountingRuntime(bank.w_in, bank.w_out, bank.kind,
                                       OffloadConfig(mode=mode, capacity=capacity, bandwidth=2e7))
             try:
-                for (x, ids, weights, predicted), reference in zip(batches, expected, strict=True):
+                for step, ((x, ids, weights, predicted), reference) in enumerate(zip(batches, expected, strict=True)):
+                    if step % 2:  # the decoder's order: this block's misses first, then the next block's prefetch
+                        runtime.fetch_missing(ids.unique().tolist())
                     runtime.prefetch(predicted.tolist(), ids.unique().tolist())
                     assert torch.equal(runtime.run_experts(x, ids, weights), reference), (mode, capacity)
             finally:
@@ -92,3 +94,26 @@ def test_runtime_output_is_exact_and_the_cache_stays_within_capacity() -> None:
             assert runtime.seen and max(runtime.seen) <= limit, (mode, capacity)
             assert runtime.summary()["peak_resident_experts"] <= limit
             assert mode == "all-resident" or runtime.stats.misses > 0
+            uses = sum(len(ids.unique()) for _, ids, _, _ in batches)  # one hit or one miss per expert use
+            assert runtime.stats.hits + runtime.stats.misses == uses, (mode, capacity)
+
+
+def test_a_blocks_own_misses_reach_it_before_the_next_blocks_prefetch() -> None:
+    """On a simulated serial link, copies arrive in the order issued: fetch_missing (this block's experts)
+    then prefetch (the next block's) delivers this block's first, and its wait counts as a miss, not a hit."""
+    bank = ExpertFFNBank(6, 8, 8)
+    runtime = ExpertOffloadRuntime(bank.w_in, bank.w_out, bank.kind,
+                                   OffloadConfig(mode="pre-gated", capacity=4, bandwidth=1e6))
+    try:
+        runtime.fetch_missing([0, 1])
+        runtime.prefetch([2, 3], in_use=[0, 1])
+        ready = {e: slot.ready_at for e, slot in runtime.slots.items()}
+        assert max(ready[0], ready[1]) < min(ready[2], ready[3])
+        x, ids = torch.randn(3, 8), torch.tensor([[0, 1], [1, 0], [0, 1]])
+        with torch.no_grad():
+            out = runtime.run_experts(x, ids, torch.full((3, 2), 0.5))
+            reference = moe_dispatch(x, ids, torch.full((3, 2), 0.5), bank.w_in, bank.w_out, bank.kind)
+        assert torch.equal(out, reference)
+        assert (runtime.stats.misses, runtime.stats.hits, runtime.stats.copies) == (2, 0, 4)
+    finally:
+        runtime.close()
