@@ -7,6 +7,8 @@ Needs the converged reference of eval/lm_converged.py (its checkpoint in eval/ca
 Cells, in this order (each resumable, skipped once its result exists):
   finetune         the reference converted to pre-gated (block l+1's gate reads block l's MoE input,
                    initialised from block l+1's gate) and fine-tuned for ``--finetune-steps``;
+  finetune-control the reference fine-tuned alike without pre-gates (it is not converged, so the extra
+                   steps alone lower PPL: the pre-gated model is compared with this too);
   quality          PPL of baseline, converted-before-fine-tuning and fine-tuned models, and each pre-gate's
                    top-k recall against the reference's own gate of the next block;
   offload          batch-1 decoding of the fine-tuned model on the offload runtime (sbmoe.moe.offload) in
@@ -55,13 +57,12 @@ def quality(args: argparse.Namespace, cells: Cells, corpus) -> dict:
     return rows
 
 
-def with_scratch(rows: dict, scratch: list[dict]) -> dict:
-    """The quality table plus one row per from-scratch pre-gated run (cells that finish after ``quality``)."""
+def with_runs(rows: dict, runs: dict[str, dict]) -> dict:
+    """The quality table plus one row per named training run (cells that may finish after ``quality``)."""
     rows = dict(rows)
-    for result in scratch:
-        rows[f"from scratch (seed {result['seed']})"] = {
-            "val_ppl": result["val_ppl"], "wikitext2_valid_ppl": result["wikitext2_valid_ppl"],
-            "steps": result["steps"], "ppl_vs_baseline": result["val_ppl"] / rows["baseline"]["val_ppl"] - 1}
+    for name, result in runs.items():
+        rows[name] = {"val_ppl": result["val_ppl"], "wikitext2_valid_ppl": result["wikitext2_valid_ppl"],
+                      "steps": result["steps"], "ppl_vs_baseline": result["val_ppl"] / rows["baseline"]["val_ppl"] - 1}
     return rows
 
 
@@ -188,10 +189,14 @@ def main() -> None:
     corpus = load_corpus(args)
     cells = Cells(args, "pregate")
     # cheapest first: conversion + fine-tuning, its quality and the offload runtime, then from-scratch runs
-    base_config = reference_config(args, corpus.vocab_size, pregate=True)
-    tune = LMTrainConfig(**{**base_config.__dict__, "steps": args.finetune_steps, "lr": args.finetune_lr,
-                            "stop_on_convergence": False, "init_from": reference})
-    tuned = cells.train("finetune", replace(tune, warmup=min(tune.warmup, args.finetune_steps // 10)), corpus)
+    def tune(pregate: bool) -> LMTrainConfig:
+        config = reference_config(args, corpus.vocab_size, pregate=pregate)
+        return replace(config, steps=args.finetune_steps, lr=args.finetune_lr, stop_on_convergence=False,
+                       init_from=reference, warmup=min(config.warmup, args.finetune_steps // 10))
+
+    tuned = cells.train("finetune", tune(pregate=True), corpus)
+    # control: the baseline fine-tuned alike (the reference is not converged, so extra steps alone help)
+    control = cells.train("finetune-control", tune(pregate=False), corpus)
     result = {}
     if tuned is not None:
         result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus)),
@@ -204,10 +209,13 @@ def main() -> None:
             scratch.append({**run, "seed": seed})
     if not cells.report_pending():
         return
-    result["quality"] = with_scratch(result["quality"], scratch)
+    runs = {"baseline + the same fine-tuning (control)": control,
+            **{f"from scratch (seed {run['seed']})": run for run in scratch}}
+    result["quality"] = with_runs(result["quality"], runs)
     results = args.root / "results"
     write_json(results / "pregate.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
-                                          "finetune": tuned, "scratch": scratch, "machine": machine_line()})
+                                          "finetune": tuned, "finetune_control": control, "scratch": scratch,
+                                          "machine": machine_line()})
     with atomic_file(results / "pregate.md") as handle:
         handle.write(markdown(result, args_line))
     plot_latency(result["offload"], results / "pregate.png")
