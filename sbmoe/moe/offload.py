@@ -226,7 +226,10 @@ class ExpertOffloadRuntime:
         """The resident weights of ``expert``, fetching it on demand and waiting for its copy."""
         slot = self.slots.get(expert)
         if slot is None:
-            self.stats.misses += 1
+            if expert in self.demanded:  # started by fetch_missing, evicted before use: its miss is counted
+                self.demanded.discard(expert)
+            else:
+                self.stats.misses += 1
             while not self._insert(expert, keep):  # every slot kept: relax to the current expert only
                 keep = {expert}
                 self._wait(next(iter(self.slots.values())))
