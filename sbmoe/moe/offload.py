@@ -67,6 +67,7 @@ class Interval:
 class _Slot:
     future: Future
     ready_at: float = 0.0  # perf_counter time the simulated link delivers it (0: when the copy is done)
+    demand: bool = False  # started by fetch_missing: its first use is a miss, not a hit
     done_event: object | None = None  # CUDA event the compute stream waits on
 
 
@@ -109,7 +110,6 @@ class ExpertOffloadRuntime:
         self.origin = time.perf_counter()
         self.layer = -1
         self.reserved: set[int] = set()  # the last prefetch's experts
-        self.demanded: set[int] = set()  # experts fetch_missing started (their miss is counted there)
         self.link_free = 0.0  # when the simulated link finishes its queued copies
         if config.mode == "all-resident":
             group: list[tuple[int, Future]] = []
@@ -218,24 +218,21 @@ class ExpertOffloadRuntime:
         group: list[tuple[int, Future]] = []
         for expert in wanted:
             if expert not in self.slots and self._insert(expert, keep, group):
-                self.stats.misses += 1
-                self.demanded.add(expert)
+                self.slots[expert].demand = True
         self._submit(group)
 
     def _acquire(self, expert: int, keep: set[int]) -> tuple[Tensor, Tensor]:
         """The resident weights of ``expert``, fetching it on demand and waiting for its copy."""
         slot = self.slots.get(expert)
         if slot is None:
-            if expert in self.demanded:  # started by fetch_missing, evicted before use: its miss is counted
-                self.demanded.discard(expert)
-            else:
-                self.stats.misses += 1
+            self.stats.misses += 1
             while not self._insert(expert, keep):  # every slot kept: relax to the current expert only
                 keep = {expert}
                 self._wait(next(iter(self.slots.values())))
             slot = self.slots[expert]
-        elif expert in self.demanded:
-            self.demanded.discard(expert)  # its miss was counted when fetch_missing started the copy
+        elif slot.demand:
+            self.stats.misses += 1
+            slot.demand = False
         else:
             self.stats.hits += 1
         self.slots.move_to_end(expert)
