@@ -52,17 +52,18 @@ def quality(args: argparse.Namespace, cells: Cells, corpus) -> dict:
                                           "recall": pregate_recall(zero_shot, gates, tokens)},
             "converted + fine-tuned": {"val_ppl": final["val_ppl"], "wikitext2_valid_ppl": final["wikitext2-valid_ppl"],
                                        "recall": pregate_recall(tuned, gates, tokens)}}
-    for row in rows.values():
-        row["ppl_vs_baseline"] = row["val_ppl"] / rows["baseline"]["val_ppl"] - 1
     return rows
 
 
-def with_runs(rows: dict, runs: dict[str, dict]) -> dict:
-    """The quality table plus one row per named training run (cells that may finish after ``quality``)."""
-    rows = dict(rows)
+def quality_table(rows: dict, runs: dict[str, dict]) -> dict:
+    """The quality cell's rows plus one row per named training run (cells that may finish after it), each
+    with its PPL relative to the baseline."""
+    rows = {name: dict(row) for name, row in rows.items()}
     for name, result in runs.items():
         rows[name] = {"val_ppl": result["val_ppl"], "wikitext2_valid_ppl": result["wikitext2_valid_ppl"],
-                      "steps": result["steps"], "ppl_vs_baseline": result["val_ppl"] / rows["baseline"]["val_ppl"] - 1}
+                      "steps": result["steps"]}
+    for row in rows.values():
+        row["ppl_vs_baseline"] = row["val_ppl"] / rows["baseline"]["val_ppl"] - 1
     return rows
 
 
@@ -211,7 +212,7 @@ def main() -> None:
         return
     runs = {"baseline + the same fine-tuning (control)": control,
             **{f"from scratch (seed {run['seed']})": run for run in scratch}}
-    result["quality"] = with_runs(result["quality"], runs)
+    result["quality"] = quality_table(result["quality"], runs)
     results = args.root / "results"
     write_json(results / "pregate.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
                                           "finetune": tuned, "finetune_control": control, "scratch": scratch,
