@@ -66,11 +66,12 @@ class OffloadedDecoder:
                     routed = self._route(layer, h)
                 ids = block.moe.candidates[routed.indices]
                 ahead = self._route(layer + 1, h) if model.config.pregate and layer + 1 < len(blocks) else None
-                runtime.fetch_missing(ids.unique().tolist())  # this block's misses go first on the link
+                in_use = ids.unique().tolist()
+                runtime.fetch_missing(in_use)  # this block's misses go first on the link
                 if layer + 1 < len(blocks) and runtime.config.mode in ("prefetch-all", "pre-gated"):
                     nxt = blocks[layer + 1].moe.candidates
                     wanted = nxt if runtime.config.mode == "prefetch-all" else nxt[ahead.indices].unique()
-                    runtime.prefetch(wanted.tolist(), ids.unique().tolist())
+                    runtime.prefetch(wanted.tolist(), in_use)
                 x = x + runtime.run_experts(h, ids, routed.weights.gather(1, routed.indices))
                 routed = ahead
         return model.head(model.ln_f(x))
