@@ -28,7 +28,7 @@ import torch
 from report import machine_line
 
 from sbmoe.atomic import write_json
-from sbmoe.moe.dispatch import activation, align_by_expert, masked_loop_dispatch, moe_dispatch
+from sbmoe.moe.dispatch import activation, align_by_expert, masked_loop_dispatch, sort_dispatch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -120,7 +120,7 @@ def main() -> None:
             w_out = (torch.randn(experts, args.hidden, args.dim, device=device) / args.hidden ** 0.5).requires_grad_()
             indices = torch.stack([torch.randperm(experts, device=device)[:top_k] for _ in range(args.tokens)])
             weights = torch.softmax(torch.randn(args.tokens, top_k, device=device), -1)
-            paths = {"sort": moe_dispatch, "masked_loop": masked_loop_dispatch, "indexed_loop": indexed_loop_dispatch}
+            paths = {"sort": sort_dispatch, "masked_loop": masked_loop_dispatch, "indexed_loop": indexed_loop_dispatch}
             steps = {name: dispatch_step(fn, x, indices, weights, w_in, w_out) for name, fn in paths.items()}
             steps["gemm_floor"] = gemm_floor_step(indices, w_in, w_out)
             timings: dict[str, list[float]] = {name: [] for name in steps}

@@ -4,10 +4,12 @@
     python eval/bench_kernels.py --check     # no GPU: a tiny correctness pass in Triton's CPU interpreter
 
 Three forward paths of one SwiGLU MoE FFN (inference, no autograd), same weights and random routing:
-``triton`` (``sbmoe.kernels.moe_dispatch``: block alignment + two fused grouped GEMMs), ``sort`` (the torch
-sort-based path, ``sbmoe.moe.dispatch.moe_dispatch``) and ``masked_loop`` (one masked gather per expert).
-Two shapes: Mixtral-like (d 4096, h 14336, E 8, top-2; h is halved until the run fits in 60% of free GPU
-memory, and the JSON says so) and the SB-MoE head (d 384, h 192, E 6, top-1). Each figure is the median of
+``triton`` (``sbmoe.kernels.moe_dispatch``: block alignment + two fused grouped GEMMs; the run stops if it
+launched no kernel), ``sort`` (the torch sort-based path, ``sbmoe.moe.dispatch.sort_dispatch``) and
+``masked_loop`` (one masked gather per expert: the torch per-expert loop).
+Three shapes: Mixtral-like (d 4096, h 14336, E 8, top-2; h is halved until the run fits in 60% of free GPU
+memory, and the JSON says so), DeepSeekMoE-like routed experts (d 2048, h 1408, E 64, top-6: the E = 64
+target) and the SB-MoE head (d 384, h 192, E 6, top-1). Each figure is the median of
 ``--rounds`` rounds, each the mean of ``--repeats`` timed calls after warm-up, the paths timed in turn.
 
 Ceilings are measured on the same GPU: ``peak`` = TFLOP/s of a large square matmul in the bench dtype,
@@ -33,12 +35,13 @@ import torch
 from report import machine_line
 
 from sbmoe.atomic import atomic_file, write_json
-from sbmoe.moe.dispatch import masked_loop_dispatch, moe_dispatch
+from sbmoe.moe.dispatch import masked_loop_dispatch, sort_dispatch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SHAPES = {
     "mixtral": {"dim": 4096, "hidden": 14336, "experts": 8, "top_k": 2},
+    "deepseek-moe": {"dim": 2048, "hidden": 1408, "experts": 64, "top_k": 6},
     "sbmoe-head": {"dim": 384, "hidden": 192, "experts": 6, "top_k": 1},
 }
 
@@ -94,6 +97,28 @@ def fitted_hidden(shape: dict[str, int], dtype: torch.dtype, max_tokens: int) ->
     return hidden
 
 
+def launched_kernels(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fn()``, refusing a result that no Triton GEMM computed: a silent fallback to torch would make the
+    triton arm time the torch path (it did once: the sort arm itself dispatched to the kernels on a GPU)."""
+    from sbmoe.kernels import gemm
+
+    launches = []
+    launch = gemm._launch
+
+    def counted(*args, **kwargs):
+        launches.append(1)
+        return launch(*args, **kwargs)
+
+    gemm._launch = counted
+    try:
+        out = fn()
+    finally:
+        gemm._launch = launch
+    if not launches:
+        raise SystemExit("the triton arm launched no kernel (it fell back to torch); nothing was written")
+    return out
+
+
 def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype: torch.dtype,
                 args: argparse.Namespace,
                 limits: dict[str, float]) -> list[dict]:
@@ -104,7 +129,7 @@ def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype:
     torch.manual_seed(0)
     w_in = (torch.randn(experts, dim, 2 * hidden, device="cuda") / dim ** 0.5).to(dtype)
     w_out = (torch.randn(experts, hidden, dim, device="cuda") / hidden ** 0.5).to(dtype)
-    paths: dict[str, Dispatch] = {"triton": triton_dispatch, "sort": moe_dispatch, "masked_loop": masked_loop_dispatch}
+    paths: dict[str, Dispatch] = {"triton": triton_dispatch, "sort": sort_dispatch, "masked_loop": masked_loop_dispatch}
     size = w_in.element_size()
     rows = []
     for tokens in tokens_grid:
@@ -112,8 +137,9 @@ def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype:
         indices, weights = routing(tokens, experts, top_k, torch.device("cuda"))
         weights = weights.to(dtype)
         with torch.inference_mode():
-            got = triton_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
-            reference = moe_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
+            operands = (x, indices, weights, w_in, w_out, "swiglu")
+            got = launched_kernels(functools.partial(triton_dispatch, *operands)).float()
+            reference = sort_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
             error = ((got - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
             timings: dict[str, list[float]] = {path: [] for path in paths}
             for _ in range(args.rounds):
@@ -166,8 +192,9 @@ def interpreter_check() -> None:
             w_out = (torch.randn(experts, 32, 32) / 32 ** 0.5).to(dtype)
             indices, weights = routing(9, experts, top_k, torch.device("cpu"))
             weights = weights.to(dtype)
-            got = triton_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
-            expected = moe_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
+            operands = (x, indices, weights, w_in, w_out, "swiglu")
+            got = launched_kernels(functools.partial(triton_dispatch, *operands)).float()
+            expected = sort_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
             error = ((got - expected).abs().max() / expected.abs().max()).item()
             print(f"interpreter check {str(dtype):>13} E={experts} top-{top_k}: rel error {error:.1e}")
 

@@ -19,7 +19,9 @@ Cells, in this order (each resumable, skipped once its result exists):
   scratch-seed<s>  a pre-gated model trained from scratch with the reference's recipe (convergence rule); its
                    PPL joins the quality table when the report is written.
 Writes eval/results/pregate.cells.json, pregate.json, pregate.md, pregate.png (latency vs copy/compute
-ratio) and pregate_timeline.png (copy, compute and stall intervals of a few tokens at ratio 1).
+ratio) and pregate_timeline.png (copy, compute and stall intervals of a few tokens at ratio 1). With
+``--device cuda`` the offload cell is ``offload-cuda`` (experts in pinned host memory, copies on a CUDA
+stream) and the report files are pregate_cuda.*; the other cells are shared.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def timeline(decoder: OffloadedDecoder) -> dict:
     start, end = decoder.token_spans[first][0], decoder.token_spans[first + TIMELINE_TOKENS - 1][1]
     return {"start": start, "end": end, "tokens": decoder.token_spans[first:first + TIMELINE_TOKENS],
             "intervals": [vars(i) for i in decoder.runtime.timeline if i.end >= start and i.start <= end]}
+
+
+def device_suffix(device: str, name: str, separator: str) -> str:
+    """``name`` for the CPU runs, ``name<separator><device type>`` (e.g. offload-cuda) for the others."""
+    kind = device.split(":")[0]
+    return name if kind == "cpu" else f"{name}{separator}{kind}"
 
 
 def offload(args: argparse.Namespace, cells: Cells, corpus) -> dict:
@@ -201,7 +209,8 @@ def main() -> None:
     result = {}
     if tuned is not None:
         result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus)),
-                  "offload": cells.run("offload", lambda _s: offload(args, cells, corpus))}
+                  "offload": cells.run(device_suffix(args.device, "offload", "-"),
+                                       lambda _s: offload(args, cells, corpus))}
     scratch = []
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         run = cells.train(f"scratch-seed{seed}", reference_config(args, corpus.vocab_size, seed, pregate=True),
@@ -214,13 +223,14 @@ def main() -> None:
             **{f"from scratch (seed {run['seed']})": run for run in scratch}}
     result["quality"] = quality_table(result["quality"], runs)
     results = args.root / "results"
-    write_json(results / "pregate.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
+    stem = device_suffix(args.device, "pregate", "_")
+    write_json(results / f"{stem}.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
                                           "finetune": tuned, "finetune_control": control, "scratch": scratch,
                                           "machine": machine_line()})
-    with atomic_file(results / "pregate.md") as handle:
+    with atomic_file(results / f"{stem}.md") as handle:
         handle.write(markdown(result, args_line))
-    plot_latency(result["offload"], results / "pregate.png")
-    plot_timeline(result["offload"], results / "pregate_timeline.png")
+    plot_latency(result["offload"], results / f"{stem}.png")
+    plot_timeline(result["offload"], results / f"{stem}_timeline.png")
     print(markdown(result, args_line))
 
 

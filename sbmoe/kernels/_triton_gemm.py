@@ -49,11 +49,19 @@ def fused_moe_gemm_kernel(
     stride_am, stride_ak, stride_be, stride_bk, stride_bn, stride_cm, stride_cn, stride_se, stride_sg, stride_sn,
     A_ROW_DIV: tl.constexpr, ACT: tl.constexpr, MUL_WEIGHT: tl.constexpr, BITS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
+    # Programs run in launch order, so GROUP_M consecutive slot tiles sweep the output columns together:
+    # an expert's weight tile is then read from HBM once per group of slot tiles instead of once per tile
+    # (with pid_m = pid // tiles_n a large expert's whole weight streams past L2 for every slot tile).
     pid = tl.program_id(0)
     tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
+    tiles_m = tl.num_programs(0) // tiles_n
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     slots = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)

@@ -8,7 +8,7 @@ layer reads token rows directly (no gathered copy of x) and a second layer reads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +43,14 @@ def weight_shape(w: Tensor | PackedWeight) -> tuple[int, int, int]:
 
 
 def choose_block_m(num_slots: int, num_experts: int) -> int:
-    """Tile height from the mean rows per expert: small tiles waste less padding when experts get few rows."""
+    """Tile height from the mean rows per expert: small tiles waste less padding when experts get few rows,
+    tall ones read each weight tile for more rows when they get many."""
     mean_rows = num_slots / max(num_experts, 1)
     if mean_rows <= 16:
         return 16
-    return 32 if mean_rows <= 64 else 64
+    if mean_rows <= 64:
+        return 32
+    return 64 if mean_rows <= 128 else 128
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class TileConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    group_m: int = 8  # slot tiles that sweep the output columns together (L2 reuse of weight tiles)
 
 
 def tile_config(block_m: int, n_out: int, k_in: int, interpreting: bool) -> TileConfig:
@@ -67,6 +71,31 @@ def tile_config(block_m: int, n_out: int, k_in: int, interpreting: bool) -> Tile
     if block_m >= 64:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(64, 64, 4, 4)
+
+
+SHARED_MEMORY_MARGIN = 8192  # bytes Triton adds beyond the pipelined operand tiles (4 KiB seen on an H200)
+
+
+def shared_memory_bytes(config: TileConfig, block_m: int, a_bytes: int, weight_bytes: int, weight_tiles: int) -> int:
+    """Upper estimate of a launch's shared memory: ``num_stages`` copies of one A tile (``a_bytes`` per
+    element) and ``weight_tiles`` weight tiles (``weight_bytes`` per element: a packed tile also stages its
+    per-element scale and zero loads)."""
+    per_stage = block_m * config.block_k * a_bytes + weight_tiles * config.block_k * config.block_n * weight_bytes
+    return config.num_stages * per_stage + SHARED_MEMORY_MARGIN
+
+
+def fit_shared_memory(config: TileConfig, block_m: int, a_bytes: int, weight_bytes: int, weight_tiles: int,
+                      limit: int) -> TileConfig:
+    """Fewer pipeline stages, then narrower K tiles, until the launch fits the device's shared memory (fp32
+    or packed operands with the large bf16 tiles would not compile: Triton raises OutOfResources)."""
+    while shared_memory_bytes(config, block_m, a_bytes, weight_bytes, weight_tiles) > limit:
+        if config.num_stages > 1:
+            config = replace(config, num_stages=config.num_stages - 1)
+        elif config.block_k > 16:
+            config = replace(config, block_k=config.block_k // 2)
+        else:
+            break
+    return config
 
 
 def _check(a: Tensor, w: Tensor | PackedWeight, alignment: BlockAlignment, top_k: int, weights: Tensor | None,
@@ -144,10 +173,16 @@ def _launch(a: Tensor, w: Tensor | PackedWeight, alignment: BlockAlignment, top_
         b, bits, group_size = w.qweight, w.bits, w.group_size
         scale, zero = w.scale.contiguous(), w.zero.contiguous()
         scale_strides = scale.stride()
+        weight_bytes = b.element_size() + scale.element_size() + zero.element_size()
     else:
         b, bits, group_size = w, 0, 1
         scale = zero = a
         scale_strides = (0, 0, 0)
+        weight_bytes = b.element_size()
+    if not interpreting:
+        limit = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 99 * 1024)
+        config = fit_shared_memory(config, alignment.block_m, a.element_size(), weight_bytes,
+                                   2 if activation == "swiglu" else 1, limit)
     # fp32 as torch computes it unless the user allowed TF32; the setting is ignored for fp16/bf16 operands
     tf32 = a.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
     precision = "tf32" if tf32 else "ieee"
@@ -161,7 +196,8 @@ def _launch(a: Tensor, w: Tensor | PackedWeight, alignment: BlockAlignment, top_
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2), out.stride(0), out.stride(1),
         *scale_strides,
         A_ROW_DIV=top_k, ACT=act, MUL_WEIGHT=weights is not None, BITS=bits, PRECISION=precision,
-        BLOCK_M=alignment.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, **launch_options,
+        BLOCK_M=alignment.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m,
+        **launch_options,
     )
     return out
 

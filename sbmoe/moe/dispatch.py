@@ -1,10 +1,10 @@
 """Sort-based token dispatch: align token slots by expert, then one matmul per expert group.
 
 The split follows fused-MoE kernels: ``align_by_expert`` is a pure index step (which token slot goes
-where), ``grouped_ffn`` the compute over contiguous expert groups; ``moe_dispatch`` composes the two and
-scatters the weighted outputs back to their tokens. On a CUDA device with Triton installed, forward passes
-go to the fused kernels of ``sbmoe.kernels`` (same signature; they fall back to this torch path whenever
-autograd needs gradients).
+where), ``grouped_ffn`` the compute over contiguous expert groups; ``sort_dispatch`` composes the two and
+scatters the weighted outputs back to their tokens. ``moe_dispatch`` is the entry the layers call: on a
+CUDA device with Triton installed, forward passes go to the fused kernels of ``sbmoe.kernels`` (same
+signature; they fall back to the torch path whenever autograd needs gradients), elsewhere ``sort_dispatch``.
 """
 
 from __future__ import annotations
@@ -70,9 +70,16 @@ def grouped_ffn(x_sorted: Tensor, offsets: Tensor, w_in: Tensor, w_out: Tensor, 
 
 def moe_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
                  kind: str = "swiglu") -> Tensor:
-    """sum_j weights[n, j] * expert_{indices[n, j]}(x[n]) for x (N, d), indices and weights (N, k)."""
+    """sum_j weights[n, j] * expert_{indices[n, j]}(x[n]) for x (N, d), indices and weights (N, k): the
+    fused Triton kernels on a GPU, else ``sort_dispatch``."""
     if x.is_cuda and kernels.triton_available():
         return kernels.moe_dispatch(x, indices, weights, w_in, w_out, kind)
+    return sort_dispatch(x, indices, weights, w_in, w_out, kind)
+
+
+def sort_dispatch(x: Tensor, indices: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
+                  kind: str = "swiglu") -> Tensor:
+    """The torch path on any device: sort slots by expert, one matmul pair per expert, scatter back."""
     alignment = align_by_expert(indices, w_in.shape[0])
     expert_out = grouped_ffn(x[alignment.tokens], alignment.offsets, w_in, w_out, kind)
     slot_weights = weights.reshape(-1)[alignment.order].unsqueeze(-1).to(expert_out.dtype)

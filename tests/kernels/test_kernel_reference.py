@@ -20,6 +20,7 @@ from sbmoe.kernels import (
     pack_int4,
     unpack_int4,
 )
+from sbmoe.kernels.gemm import TileConfig, fit_shared_memory, shared_memory_bytes
 from sbmoe.moe import dispatch
 
 
@@ -115,3 +116,25 @@ def test_golden_grouped_gemm_decodes_packed_weights() -> None:
     x = torch.randn(5, 8)
     expected = torch.cat([x[:2] @ dense[0], x[2:] @ dense[2]])
     torch.testing.assert_close(grouped_gemm_ref(x, offsets, packed), expected)
+
+
+H200_SHARED_MEMORY = 232448  # shared_memory_per_block_optin of the H200 the kernels were run on
+
+
+def test_shared_memory_estimate_bounds_what_triton_asked_for() -> None:
+    """Two launches that failed to compile on an H200 (Triton's OutOfResources named the bytes each needed):
+    the estimate is at least that much, so ``fit_shared_memory`` would have shrunk both."""
+    fp32_swiglu = TileConfig(128, 64, 8, 3)  # block_m 64, float32 x and weights, gate and up tiles
+    assert shared_memory_bytes(fp32_swiglu, 64, 4, 4, 2) >= 249856
+    int4_swiglu = TileConfig(64, 64, 4, 4)  # block_m 16, float32 x, packed uint8 + float32 scale and zero
+    assert shared_memory_bytes(int4_swiglu, 16, 4, 1 + 4 + 4, 2) >= 249856
+
+
+def test_fit_shared_memory_shrinks_stages_then_k_and_keeps_what_fits() -> None:
+    bf16 = TileConfig(128, 64, 8, 3)  # compiled and ran at block_m 128 on the H200 (swiglu, bf16)
+    assert fit_shared_memory(bf16, 128, 2, 2, 2, H200_SHARED_MEMORY) == bf16
+    fitted = fit_shared_memory(TileConfig(128, 64, 8, 3), 64, 4, 4, 2, H200_SHARED_MEMORY)
+    assert fitted == TileConfig(128, 64, 8, 2)
+    assert shared_memory_bytes(fitted, 64, 4, 4, 2) <= H200_SHARED_MEMORY
+    tiny = fit_shared_memory(TileConfig(128, 64, 8, 3), 64, 4, 9, 2, 64 * 1024)  # stages, then block_k halves
+    assert (tiny.num_stages, tiny.block_k) == (1, 16) and shared_memory_bytes(tiny, 64, 4, 9, 2) <= 64 * 1024

@@ -180,3 +180,18 @@ def test_empty_batch(device: torch.device, launches: Counter) -> None:
     offsets = torch.zeros(5, dtype=torch.long)
     assert grouped_ffn(*(t.to(device) for t in (x, offsets, w_in, w_out))).shape == (0, 16)
     assert launches == {"align": 2, "gemm": 4}
+
+
+def test_fused_gemm_grouped_launch_order_covers_every_tile(device: torch.device, launches: Counter) -> None:
+    """Slot tiles sweep the columns in groups of GROUP_M (8): with more slot tiles than one group, a last,
+    partial group that holds real slots, and several column tiles (a partial last one), every output tile is
+    still written once."""
+    indices, _ = random_routing(200, 2, 4, seed=9)
+    x = torch.randn(200, 16)
+    w = torch.randn(4, 16, 144) / 4
+    aligned = moe_align_block_size_ref(indices, 4, 16)
+    tiles = aligned.expert_ids.numel()
+    assert tiles > 8 and tiles % 8 and (tiles // 8) * 8 * 16 < int(aligned.num_padded)
+    got = fused_moe_gemm(x.to(device), w.to(device), moe_align_block_size(indices.to(device), 4, 16), top_k=2)
+    assert_close(got, fused_moe_gemm_ref(x, w, aligned, top_k=2))
+    assert launches == {"align": 1, "gemm": 1}
