@@ -2,6 +2,7 @@
 
     python eval/bench_encode.py [--threads N] [--batch-size 64] [--datasets scifact,arguana,cranfield]
                                 [--repeats 1] [--out eval/results/bench_encode.json] [--limit N] [--force]
+                                [--only st-fp32/scifact,...]
 
 Systems: ``st-fp32`` (``SentenceTransformer.encode``, torch fp32: the 1.0x reference), ``sbmoe-torch``,
 ``sbmoe-onnx`` (fp32 graph), ``sbmoe-onnx-int8`` (sbmoe's int8 recipe, models/onnx_export.py) and
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="Only the first N documents of each corpus (smoke).")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_encode.json")
     parser.add_argument("--force", action="store_true", help="Redo finished cells.")
+    parser.add_argument("--only", default="", help="Comma-separated cells (e.g. st-fp32/scifact) to run, finished "
+                        "or not; the others are kept as they are.")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print its JSON
     args = parser.parse_args()
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -184,15 +187,18 @@ def main() -> None:
     cell_results = results.setdefault("cells", {})
     results["setup"] = {"model": MODEL, "threads": args.threads, "batch_size": args.batch_size,
                         "limit": args.limit, "repeats": args.repeats, "datasets": args.datasets}
+    only = {c.strip() for c in args.only.split(",") if c.strip()}
+    if only - set(cells(args.datasets)):
+        parser.error(f"unknown cells {sorted(only - set(cells(args.datasets)))}")
     for cell in cells(args.datasets):
-        if cell in cell_results and not args.force:
+        if (cell not in only) if only else (cell in cell_results and not args.force):
             continue
         passed = ["--threads", str(args.threads), "--batch-size", str(args.batch_size), "--datasets",
                   ",".join(args.datasets), "--repeats", str(args.repeats)]
         passed += ["--limit", str(args.limit)] if args.limit else []
         done = subprocess.run([sys.executable, __file__, *passed, "--cell", cell], check=True, text=True,
                               stdout=subprocess.PIPE)
-        cell_results[cell] = json.loads(done.stdout.strip().splitlines()[-1])
+        cell_results[cell] = {**json.loads(done.stdout.strip().splitlines()[-1]), "repeats": args.repeats}
         print(f"{cell:<32} {cell_results[cell]}", flush=True)
         write_json(args.out, results)
     import platform

@@ -42,7 +42,9 @@ class OnnxTransformer(nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.enable_mem_pattern = False  # planned buffers for the largest batch cost ~250 MB of peak RSS
-        options.enable_cpu_mem_arena = False  # an arena keeps every batch shape's buffers; freed ones go back
+        # the CPU arena stays on: with batches bounded by a token budget it holds one batch's buffers, and
+        # without it every op allocates afresh (A/B on 500 SciFact docs, 2 threads: fp32 27.0 -> 28.5 docs/s,
+        # int8 49.1 -> 53.6, peak RSS unchanged at ~0.9 GB)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = Path(path)
