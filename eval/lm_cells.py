@@ -38,6 +38,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                           ("eval-batches", 16)):
         parser.add_argument(f"--{flag}", type=type(default), default=default)
     parser.add_argument("--max-steps", type=int, default=12000, help="the converged run's step cap (cosine horizon)")
+    parser.add_argument("--device", default="cpu", help="where models train and run (cuda on a GPU)")
     parser.add_argument("--min-steps", type=int, default=2000, help="the convergence rule applies from this step")
 
 
@@ -73,7 +74,7 @@ def reference_config(args: argparse.Namespace, vocab_size: int, seed: int = 0, *
     return LMTrainConfig(model=model_config(args, vocab_size, **overrides), steps=args.max_steps,
                          batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                          eval_batches=args.eval_batches, seed=seed, show_progress=False, stop_on_convergence=True,
-                         min_steps=args.min_steps)
+                         min_steps=args.min_steps, device=args.device)
 
 
 def load_corpus(args: argparse.Namespace) -> LMCorpus:

@@ -20,8 +20,8 @@ Cells, in this order (each resumable, skipped once its result exists):
                    PPL joins the quality table when the report is written.
 Writes eval/results/pregate.cells.json, pregate.json, pregate.md, pregate.png (latency vs copy/compute
 ratio) and pregate_timeline.png (copy, compute and stall intervals of a few tokens at ratio 1). With
-``--device cuda`` the offload cell is ``offload-cuda`` (experts in pinned host memory, copies on a CUDA
-stream) and the report files are pregate_cuda.*; the other cells are shared.
+``--device cuda`` the training cells run on the GPU, the offload cell is ``offload-cuda`` (experts in pinned
+host memory, copies on a CUDA stream) and the report files are pregate_cuda.*; the other cells are shared.
 """
 
 from __future__ import annotations
@@ -187,8 +187,6 @@ def main() -> None:
     parser.add_argument("--copy-ratios", default="0.25,0.5,1,2,4")
     parser.add_argument("--decode-seqs", type=int, default=8)
     parser.add_argument("--decode-len", type=int, default=128)
-    parser.add_argument("--device", default="cpu", help="where the offload cell decodes (cuda: pinned host "
-                        "experts, a copy stream)")
     args = parser.parse_args()
     args_line = "python eval/pregate.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                     for k, v in vars(args).items() if v is not None)

@@ -59,7 +59,8 @@ def main() -> None:
                 overrides["psr_fraction"] = args.psr_fraction
             config = LMTrainConfig(model=model_config(args, corpus.vocab_size, **overrides), steps=steps,
                                    batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                                   eval_batches=args.eval_batches, seed=seed, show_progress=False)
+                                   eval_batches=args.eval_batches, seed=seed, show_progress=False,
+                                   device=args.device)
             result = cells.train(f"{arm}-seed{seed}", config, corpus)
             if result is not None:
                 records.append({"arm": arm, "seed": seed, **overrides, "params": result["params"],

@@ -392,6 +392,7 @@ def lm_train(
     init_from: Path | None = typer.Option(LMT.init_from, "--init-from",
                                           help="Start from this run folder's weights and tokenizer (e.g. convert a "
                                           "trained baseline with --pregate and fine-tune)."),
+    device: str = typer.Option(LMT.device, help="Where the model trains: cpu, or cuda on a GPU."),
     threads: int | None = THREADS,
 ) -> None:
     """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
@@ -403,7 +404,7 @@ def lm_train(
     echo_lm_figures(train_and_evaluate(LMTrainConfig(model=model_config, steps=steps, batch_size=batch_size, lr=lr,
                                                      eval_every=eval_every, seed=seed, output=output,
                                                      show_progress=progress(), stop_on_convergence=until_converged,
-                                                     min_steps=min_steps, init_from=init_from)))
+                                                     min_steps=min_steps, init_from=init_from, device=device)))
 
 
 @lm_app.command("eval")

@@ -175,7 +175,7 @@ class MoELM(nn.Module):
         starts = range(0, len(windows) - span + 1, self.config.seq_len)
         total, count = 0.0, 0
         for i in range(0, len(starts), batch_size):
-            chunk = torch.stack([windows[s:s + span] for s in starts[i:i + batch_size]])
+            chunk = torch.stack([windows[s:s + span] for s in starts[i:i + batch_size]]).to(self.tok_emb.weight.device)
             logits, _ = self(chunk[:, :-1])
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
                                      reduction="sum").item()

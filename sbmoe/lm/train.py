@@ -44,6 +44,7 @@ class LMTrainConfig:
     min_steps: int = 0  # the rule is not applied before this step
     time_limit_s: float | None = None  # stop after the first checkpoint past this many seconds (resumable)
     init_from: Path | None = None  # start from this run folder's weights (e.g. a baseline -> pre-gated)
+    device: str = "cpu"  # where the model trains ("cuda" on a GPU); checkpoints are written device-free
 
 
 def converged(history: list[dict[str, Any]], window: float = 0.2, tolerance: float = 0.01,
@@ -108,7 +109,7 @@ def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:
     path = Path(output) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no LM checkpoint (train one with `sbmoe lm train`)")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
     model = MoELM(LMConfig(**state["config"]["model"]))
     model.load_state_dict(state["model"])
     return model, state["history"]
@@ -117,7 +118,7 @@ def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:
 def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
     """Train (resuming from ``output/checkpoint.pt`` when present); returns the model and its history."""
     torch.manual_seed(config.seed)
-    model = MoELM(config.model)
+    model = MoELM(config.model).to(config.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
@@ -125,7 +126,7 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
     start = 0
     checkpoint = Path(config.output) / CHECKPOINT if config.output else None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -148,7 +149,8 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
         model.set_progress(step / config.steps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        inputs, targets = corpus.batch(config.batch_size, config.model.seq_len, generator)
+        inputs, targets = (t.to(config.device) for t in corpus.batch(config.batch_size, config.model.seq_len,
+                                                                      generator))
         _, loss = model(inputs, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,7 +175,8 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
 
 def save_checkpoint(path: Path, model: MoELM, optimizer, generator: torch.Generator, step: int,
                     history: list, config: LMTrainConfig) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+    weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loadable without a GPU
+    state = {"model": weights, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
              "torch_rng": torch.get_rng_state(), "step": step, "history": history,
              "config": {k: (asdict(v) if k == "model" else str(v) if isinstance(v, Path) else v)
                         for k, v in config.__dict__.items()}}
