@@ -76,10 +76,15 @@ class MoEFeedForward(nn.Module):
         self.last_routing = routed
         kept = routed.weights.gather(1, routed.indices)
         out = self.bank(flat, self.candidates[routed.indices], kept)
-        with torch.no_grad():  # one int per distinct sorted top-k tuple, so the set grows by few per step
-            codes = routed.indices.sort(dim=1).values @ self._radix
-            self._combinations.update(torch.unique(codes).tolist())
+        self.count_combinations(routed.indices)
         return out.reshape_as(x)
+
+    @torch.no_grad()
+    def count_combinations(self, indices: Tensor) -> None:
+        """Record each token's sorted top-k tuple as one int (the set grows by few per step); a sum of
+        products, since CUDA has no integer matmul."""
+        codes = (indices.sort(dim=1).values * self._radix).sum(dim=1)
+        self._combinations.update(torch.unique(codes).tolist())
 
     def stats(self) -> RoutingStats:
         load = self.router.usage()

@@ -10,7 +10,6 @@ baseline converts by loading its state dict); that layer is fed the previous blo
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .moe_layer import MoEFeedForward
@@ -28,8 +27,7 @@ class PreGatedMoEFeedForward(MoEFeedForward):
         self.last_routing = routed
         mixed = self.bank(x.reshape(-1, x.shape[-1]), self.candidates[routed.indices],
                           routed.weights.gather(1, routed.indices))
-        with torch.no_grad():
-            self._combinations.update(torch.unique(routed.indices.sort(dim=1).values @ self._radix).tolist())
+        self.count_combinations(routed.indices)
         return mixed.reshape_as(x)
 
 

@@ -124,3 +124,14 @@ def test_psr_mask_keeps_routing_local() -> None:
     layer(torch.randn(3, 4, 8), candidate_mask=psr_mask(2, 4, 0.0, 0.5, "linear", 2))
     assert layer.stats().non_local_share == 0.0
     assert set(layer.candidates[layer.last_routing.indices].reshape(-1).tolist()) <= {2, 3}
+
+
+def test_distinct_combinations_count_sorted_topk_tuples_like_a_set() -> None:
+    """The routing statistic counts distinct sorted top-k tuples seen since the reset (naive: a set of tuples)."""
+    torch.manual_seed(0)
+    layer = MoEFeedForward(ExpertFFNBank(8, 6, 4), candidates=list(range(8)), local=list(range(8)), top_k=3)
+    seen: set[tuple[int, ...]] = set()
+    for _ in range(3):
+        layer(torch.randn(2, 7, 6))
+        seen |= {tuple(sorted(row)) for row in layer.last_routing.indices.tolist()}
+    assert layer.stats().distinct_combinations == len(seen) > 1
