@@ -191,7 +191,8 @@ def main() -> None:
     if only - set(cells(args.datasets)):
         parser.error(f"unknown cells {sorted(only - set(cells(args.datasets)))}")
     for cell in cells(args.datasets):
-        if (cell not in only) if only else (cell in cell_results and not args.force):
+        wanted = cell in only if only else args.force or cell not in cell_results
+        if not wanted:
             continue
         passed = ["--threads", str(args.threads), "--batch-size", str(args.batch_size), "--datasets",
                   ",".join(args.datasets), "--repeats", str(args.repeats)]

@@ -16,12 +16,12 @@ import functools
 import sys
 
 import torch
-from bench_kernels import RESULTS, routing, seconds_per_call
+from bench_kernels import RESULTS, SHAPES, expert_weights, routing, seconds_per_call
 from report import machine_line
 
 from sbmoe.atomic import atomic_file, write_json
 
-SHAPES = [("mixtral", 4096, 14336, 8, 2, [1024, 4096]), ("deepseek-moe", 2048, 1408, 64, 6, [4096])]
+TOKENS = {"mixtral": [1024, 4096], "deepseek-moe": [4096]}  # eval/bench_kernels.py's shapes, at large M
 # (block_m, block_n, block_k, num_warps, num_stages, group_m)
 CONFIGS = [(64, 128, 64, 8, 3, 1), (64, 128, 64, 8, 3, 8), (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8),
            (128, 128, 64, 4, 4, 8), (128, 256, 64, 8, 3, 8), (128, 64, 64, 4, 4, 8), (128, 128, 128, 8, 3, 8),
@@ -53,10 +53,10 @@ def main() -> int:
     from sbmoe.kernels import moe_dispatch
 
     rows = []
-    for name, dim, hidden, experts, top_k, grid in SHAPES:
-        torch.manual_seed(0)
-        w_in = (torch.randn(experts, dim, 2 * hidden, device="cuda") / dim ** 0.5).bfloat16()
-        w_out = (torch.randn(experts, hidden, dim, device="cuda") / hidden ** 0.5).bfloat16()
+    for name, grid in TOKENS.items():
+        shape = SHAPES[name]
+        dim, hidden, experts, top_k = shape["dim"], shape["hidden"], shape["experts"], shape["top_k"]
+        w_in, w_out = expert_weights(shape, hidden, torch.bfloat16)
         for tokens in grid:
             x = torch.randn(tokens, dim, device="cuda").bfloat16()
             indices, weights = routing(tokens, experts, top_k, torch.device("cuda"))

@@ -119,6 +119,15 @@ def launched_kernels(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def expert_weights(shape: dict[str, int], hidden: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded SwiGLU expert weights of ``shape`` with width ``hidden`` on the GPU: w_in (E, d, 2h), w_out (E, h, d)."""
+    experts, dim = shape["experts"], shape["dim"]
+    torch.manual_seed(0)
+    w_in = (torch.randn(experts, dim, 2 * hidden, device="cuda") / dim ** 0.5).to(dtype)
+    w_out = (torch.randn(experts, hidden, dim, device="cuda") / hidden ** 0.5).to(dtype)
+    return w_in, w_out
+
+
 def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype: torch.dtype,
                 args: argparse.Namespace,
                 limits: dict[str, float]) -> list[dict]:
@@ -126,9 +135,7 @@ def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype:
 
     dim, experts, top_k = shape["dim"], shape["experts"], shape["top_k"]
     hidden = fitted_hidden(shape, dtype, max(tokens_grid))
-    torch.manual_seed(0)
-    w_in = (torch.randn(experts, dim, 2 * hidden, device="cuda") / dim ** 0.5).to(dtype)
-    w_out = (torch.randn(experts, hidden, dim, device="cuda") / hidden ** 0.5).to(dtype)
+    w_in, w_out = expert_weights(shape, hidden, dtype)
     paths: dict[str, Dispatch] = {"triton": triton_dispatch, "sort": sort_dispatch, "masked_loop": masked_loop_dispatch}
     size = w_in.element_size()
     rows = []
@@ -139,7 +146,7 @@ def bench_shape(name: str, shape: dict[str, int], tokens_grid: list[int], dtype:
         with torch.inference_mode():
             operands = (x, indices, weights, w_in, w_out, "swiglu")
             got = launched_kernels(functools.partial(triton_dispatch, *operands)).float()
-            reference = sort_dispatch(x, indices, weights, w_in, w_out, "swiglu").float()
+            reference = sort_dispatch(*operands).float()
             error = ((got - reference).abs().max() / reference.abs().max().clamp_min(1e-12)).item()
             timings: dict[str, list[float]] = {path: [] for path in paths}
             for _ in range(args.rounds):

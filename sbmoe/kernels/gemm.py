@@ -8,6 +8,7 @@ layer reads token rows directly (no gathered copy of x) and a second layer reads
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -71,6 +72,13 @@ def tile_config(block_m: int, n_out: int, k_in: int, interpreting: bool) -> Tile
     if block_m >= 64:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(64, 64, 4, 4)
+
+
+@functools.cache
+def shared_memory_limit(device_index: int) -> int:
+    """Bytes of shared memory one program may use on that GPU (read once per device, not per launch)."""
+    properties = torch.cuda.get_device_properties(device_index)
+    return getattr(properties, "shared_memory_per_block_optin", 99 * 1024)
 
 
 SHARED_MEMORY_MARGIN = 8192  # bytes Triton adds beyond the pipelined operand tiles (4 KiB seen on an H200)
@@ -180,9 +188,8 @@ def _launch(a: Tensor, w: Tensor | PackedWeight, alignment: BlockAlignment, top_
         scale_strides = (0, 0, 0)
         weight_bytes = b.element_size()
     if not interpreting:
-        limit = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 99 * 1024)
         config = fit_shared_memory(config, alignment.block_m, a.element_size(), weight_bytes,
-                                   2 if activation == "swiglu" else 1, limit)
+                                   2 if activation == "swiglu" else 1, shared_memory_limit(a.device.index))
     # fp32 as torch computes it unless the user allowed TF32; the setting is ignored for fp16/bf16 operands
     tf32 = a.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32
     precision = "tf32" if tf32 else "ieee"
