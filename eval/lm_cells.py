@@ -18,12 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe.atomic import write_json
-from sbmoe.lm.data import LMCorpus
+from sbmoe.lm.data import CORPORA, LMCorpus
 from sbmoe.lm.model import LMConfig
 from sbmoe.lm.train import TOKENIZER, LMTrainConfig, evaluate_final, finished, train_lm
 
 EVAL = Path(__file__).resolve().parent
-REFERENCE_RUN = "lm_converged/reference"  # the converged testbed's run folder under the cache root
+def reference_cell(corpus: str) -> str:
+    """The converged reference's cell name for ``corpus`` (SciFact's, the default, is plain ``reference``)."""
+    return "reference" if corpus == "scifact" else f"reference-{corpus}"
+
+
+def reference_run(args: argparse.Namespace) -> Path:
+    """The converged reference's run folder (checkpoint and the corpus's shared tokenizer) for ``--corpus``."""
+    return args.root / "cache" / "lm_converged" / reference_cell(args.corpus)
+
+
+def corpus_suffix(corpus: str) -> str:
+    """Appended to an experiment's file names for a corpus other than SciFact."""
+    return "" if corpus == "scifact" else f"_{corpus}"
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=12000, help="the converged run's step cap (cosine horizon)")
     parser.add_argument("--device", default="cpu", help="where models train and run (cuda on a GPU)")
     parser.add_argument("--min-steps", type=int, default=2000, help="the convergence rule applies from this step")
+    parser.add_argument("--corpus", default="scifact", choices=list(CORPORA),
+                        help="training text; each corpus has its own reference run and tokenizer")
 
 
 def figure(rows: int = 1, size: tuple[float, float] = (7, 4)):
@@ -74,12 +88,13 @@ def reference_config(args: argparse.Namespace, vocab_size: int, seed: int = 0, *
     return LMTrainConfig(model=model_config(args, vocab_size, **overrides), steps=args.max_steps,
                          batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                          eval_batches=args.eval_batches, seed=seed, show_progress=False, stop_on_convergence=True,
-                         min_steps=args.min_steps, device=args.device)
+                         min_steps=args.min_steps, device=args.device, corpus=args.corpus)
 
 
 def load_corpus(args: argparse.Namespace) -> LMCorpus:
-    """SciFact streams with the tokenizer kept beside the reference run (every experiment shares it)."""
-    corpus = LMCorpus.build(vocab_size=args.vocab, tokenizer_path=args.root / "cache" / REFERENCE_RUN / TOKENIZER)
+    """``--corpus``'s streams with the tokenizer kept beside its reference run (every experiment on that corpus
+    shares it)."""
+    corpus = LMCorpus.build(vocab_size=args.vocab, tokenizer_path=reference_run(args) / TOKENIZER, corpus=args.corpus)
     print(f"tokens: train {len(corpus.train):,}, validation {len(corpus.validation):,}", flush=True)
     return corpus
 

@@ -32,7 +32,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from lm_cells import REFERENCE_RUN, Cells, add_common_args, figure, finish_plot, load_corpus, reference_config
+from lm_cells import (
+    Cells,
+    add_common_args,
+    corpus_suffix,
+    figure,
+    finish_plot,
+    load_corpus,
+    reference_config,
+    reference_run,
+)
 from report import machine_line, save_png
 
 from sbmoe.atomic import atomic_file, write_json
@@ -45,7 +54,7 @@ TIMELINE_TOKENS = 3
 
 
 def quality(args: argparse.Namespace, cells: Cells, corpus) -> dict:
-    base, _ = load_trained(args.root / "cache" / REFERENCE_RUN)
+    base, _ = load_trained(reference_run(args))
     tuned, _ = load_trained(cells.cache / "finetune")
     gates, tokens = reference_gates(base), corpus.validation
     baseline, zero_shot, final = evaluate_final(base, corpus), to_pregated(base), evaluate_final(tuned, corpus)
@@ -190,11 +199,11 @@ def main() -> None:
     args = parser.parse_args()
     args_line = "python eval/pregate.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                     for k, v in vars(args).items() if v is not None)
-    reference = args.root / "cache" / REFERENCE_RUN
+    reference = reference_run(args)
     if not (reference / "checkpoint.pt").is_file():
         raise SystemExit(f"{reference}: no converged reference; run eval/lm_converged.py first")
     corpus = load_corpus(args)
-    cells = Cells(args, "pregate")
+    cells = Cells(args, "pregate" + corpus_suffix(args.corpus))
     # cheapest first: conversion + fine-tuning, its quality and the offload runtime, then from-scratch runs
     def tune(pregate: bool) -> LMTrainConfig:
         config = reference_config(args, corpus.vocab_size, pregate=pregate)
@@ -221,7 +230,7 @@ def main() -> None:
             **{f"from scratch (seed {run['seed']})": run for run in scratch}}
     result["quality"] = quality_table(result["quality"], runs)
     results = args.root / "results"
-    stem = device_suffix(args.device, "pregate", "_")
+    stem = device_suffix(args.device, "pregate", "_") + corpus_suffix(args.corpus)
     write_json(results / f"{stem}.json", {"settings": {k: str(v) for k, v in vars(args).items()}, **result,
                                           "finetune": tuned, "finetune_control": control, "scratch": scratch,
                                           "machine": machine_line()})

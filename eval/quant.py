@@ -4,7 +4,7 @@ the tiny MoE LM, and a quantised SB-MoE retriever on SciFact.
     python eval/quant.py --lm eval/cache/lm_converged/reference [--sbmoe-model eval/cache/quant/sbmoe-minilm] \
         [--seeds 0,1,2] [--budgets 2.25,2.5,3,4] [--time-budget-min 240]
 
-LM part: perplexity (held-out SciFact abstracts and WikiText-2 valid) at each average-bits budget for
+LM part: perplexity (the LM corpus's held-out text and WikiText-2 valid) at each average-bits budget for
 uniform RTN, uniform GPTQ (the largest whole width within the budget), MxMoE (integer program over GPTQ
 sensitivities: linear-block granularity at r = 1, expert granularity at r = 1, linear at r = 0.5 and 0.25,
 r weighing accuracy against the cost model's expected weight bytes per decoded token) and each
@@ -33,9 +33,9 @@ import torch
 from report import TimeBudget, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
-from sbmoe.lm.data import LMCorpus
+from sbmoe.lm.data import HELD_OUT, LMCorpus
 from sbmoe.lm.model import LMConfig
-from sbmoe.lm.train import CHECKPOINT, TOKENIZER, LMTrainConfig, finished, load_trained, train_lm
+from sbmoe.lm.train import CHECKPOINT, TOKENIZER, LMTrainConfig, finished, load_trained, train_lm, trained_corpus
 from sbmoe.moe.quant import (
     HEURISTICS,
     BlockQuantizer,
@@ -120,7 +120,7 @@ def ensure_lm(args: argparse.Namespace, budget: TimeBudget) -> bool:
 def lm_part(args: argparse.Namespace, cells: Cells, budget: TimeBudget) -> None:
     model, _ = load_trained(args.lm)
     model.eval()
-    corpus = LMCorpus.build(tokenizer_path=args.lm / TOKENIZER)
+    corpus = LMCorpus.build(tokenizer_path=args.lm / TOKENIZER, corpus=cells.settings["corpus"])
     splits = {"val": corpus.validation[:args.eval_tokens].long(),
               "wikitext2": corpus.ood["wikitext2-valid"][:args.eval_tokens].long()}
     target = lm_target(model)
@@ -240,10 +240,11 @@ def markdown(cells: Cells, args_line: str) -> str:
              "the quantised blocks (attention projections and expert "
              "weights), not scales and zeros, which every arm pays alike.", ""]
     floats = [r for r in records if r.get("arm") == "float" and r["part"] == "lm"]
+    held_out = HELD_OUT[settings.get("corpus", "scifact")]
     if floats:
-        lines += [f"Float model: WikiText-2 valid ppl {floats[0]['wikitext2_ppl']:.2f}, held-out SciFact ppl "
+        lines += [f"Float model: WikiText-2 valid ppl {floats[0]['wikitext2_ppl']:.2f}, {held_out} ppl "
                   f"{floats[0]['val_ppl']:.2f}.", ""]
-    for metric, title in (("wikitext2_ppl", "WikiText-2 valid perplexity"), ("val_ppl", "held-out SciFact perplexity")):
+    for metric, title in (("wikitext2_ppl", "WikiText-2 valid perplexity"), ("val_ppl", f"{held_out} perplexity")):
         lines += [f"## {title}", "", "| arm | " + " | ".join(f"{b:g} bits (avg)" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
         for arm in arms:
@@ -327,6 +328,7 @@ def main() -> None:
     if not ensure_lm(args, budget):
         print(f"LM training stopped at the time budget; rerun to resume ({args.lm})")
         return
+    cells.settings["corpus"] = trained_corpus(args.lm)
     lm_part(args, cells, budget)
     if not args.skip_retrieval:
         retrieval_part(args, cells, budget)

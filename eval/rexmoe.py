@@ -41,7 +41,8 @@ def layer_mean(record: dict, key: str) -> float:
     return statistics.mean(record["final"][key])
 
 
-def markdown(records: list[dict], arms: list[str], settings: dict, args_line: str) -> str:
+def markdown(records: list[dict], arms: list[str], settings: dict, args_line: str,
+             held_out: str = "SciFact held-out") -> str:
     first = records[0]
     lines = ["# Layer-local MoE vs ReXMoE (tiny MoE LM)", "", f"Command: `{args_line}`", "",
              f"{first['params']['total']:,} parameters, {first['params']['expert']:,} in experts, "
@@ -49,7 +50,7 @@ def markdown(records: list[dict], arms: list[str], settings: dict, args_line: st
              f"arms up to the routers' gates); {settings['tokens_per_run']:,} training tokens per run. "
              "Mean ± std over seeds; entropy, non-local share and distinct top-k combinations are means over "
              "layers on the validation tokens at the end of training.", "",
-             "| arm | val ppl (SciFact held-out) | WikiText-2 valid ppl | load entropy (nats) | max/mean load "
+             f"| arm | val ppl ({held_out}) | WikiText-2 valid ppl | load entropy (nats) | max/mean load "
              "| non-local share | distinct combinations | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for arm in arms:

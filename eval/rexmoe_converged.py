@@ -1,6 +1,6 @@
 """Layer-local MoE vs ReXMoE (r=2, r=4, with and without PSR) at the converged testbed's token budget.
 
-    python eval/rexmoe_converged.py [--steps N] [--seeds 0,1,2] [--arms ...] [--time-budget-min 60]
+    python eval/rexmoe_converged.py [--corpus scifact] [--steps N] [--seeds 0,1,2] [--arms ...] [--time-budget-min 60]
 
 Every arm has equal total and active expert parameters (eval/rexmoe.py's arms) and trains for the same
 number of steps: by default the step at which the reference of eval/lm_converged.py met the convergence
@@ -8,7 +8,8 @@ rule (read from eval/results/lm_converged.cells.json; run that first or pass ``-
 over exactly those steps. One resumable cell per arm and seed (trained in chunks of at most
 ``--cell-limit-min`` minutes; rerun the same command to continue). Writes eval/results/
 rexmoe_converged.cells.json, rexmoe_converged.json, rexmoe_converged.md (PPL mean +- std over seeds) and
-rexmoe_converged.png (the validation curves).
+rexmoe_converged.png (the validation curves); with ``--corpus tinyshakespeare`` the budget is that corpus's
+reference and the files are rexmoe_converged_tinyshakespeare.*.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lm_cells import Cells, add_common_args, load_corpus, model_config
+from lm_cells import Cells, add_common_args, corpus_suffix, load_corpus, model_config, reference_cell
 from report import machine_line
 from rexmoe import ARMS, markdown, plot
 
@@ -28,10 +29,11 @@ def budget_steps(args: argparse.Namespace) -> int:
     """``--steps``, else the converged reference's step count."""
     if args.steps:
         return args.steps
-    cells = args.root / "results" / "lm_converged.cells.json"
-    if not cells.is_file() or "reference" not in json.loads(cells.read_text()):
-        raise SystemExit(f"{cells}: no converged reference yet; run eval/lm_converged.py first or pass --steps")
-    return json.loads(cells.read_text())["reference"]["steps"]
+    cells, name = args.root / "results" / "lm_converged.cells.json", reference_cell(args.corpus)
+    if not cells.is_file() or name not in json.loads(cells.read_text()):
+        raise SystemExit(f"{cells}: no {name} cell yet; run eval/lm_converged.py --corpus {args.corpus} first "
+                         "or pass --steps")
+    return json.loads(cells.read_text())[name]["steps"]
 
 
 def main() -> None:
@@ -50,7 +52,8 @@ def main() -> None:
     args_line = "python eval/rexmoe_converged.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                              for k, v in vars(args).items() if v is not None)
     corpus = load_corpus(args)
-    cells = Cells(args, "rexmoe_converged")
+    stem = "rexmoe_converged" + corpus_suffix(args.corpus)
+    cells = Cells(args, stem)
     records = []
     for seed in seeds:  # seed-major: a cut-short call leaves complete comparisons
         for arm in arms:
@@ -60,7 +63,7 @@ def main() -> None:
             config = LMTrainConfig(model=model_config(args, corpus.vocab_size, **overrides), steps=steps,
                                    batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                                    eval_batches=args.eval_batches, seed=seed, show_progress=False,
-                                   device=args.device)
+                                   device=args.device, corpus=args.corpus)
             result = cells.train(f"{arm}-seed{seed}", config, corpus)
             if result is not None:
                 records.append({"arm": arm, "seed": seed, **overrides, "params": result["params"],
@@ -71,16 +74,17 @@ def main() -> None:
         return
     settings = {**{k: str(v) for k, v in vars(args).items()}, "steps": steps,
                 "tokens_per_run": steps * args.batch_size * args.seq_len}
-    table = markdown(records, arms, settings, args_line).replace(
+    held_out = {"scifact": "SciFact held-out", "tinyshakespeare": "Tiny Shakespeare held-out"}[args.corpus]
+    table = markdown(records, arms, settings, args_line, held_out).replace(
         "# Layer-local MoE vs ReXMoE (tiny MoE LM)", "# Layer-local MoE vs ReXMoE at the converged testbed's budget")
     if not complete:
         table += f"\nNot finished yet: {', '.join(cells.pending)}.\n"
     results = args.root / "results"
-    write_json(results / "rexmoe_converged.json", {"partial": not complete, "settings": settings, "records": records,
-                                                   "machine": machine_line()})
-    with atomic_file(results / "rexmoe_converged.md") as handle:
+    write_json(results / f"{stem}.json", {"partial": not complete, "settings": settings, "records": records,
+                                          "machine": machine_line()})
+    with atomic_file(results / f"{stem}.md") as handle:
         handle.write(table)
-    plot(records, arms, results / "rexmoe_converged.png")
+    plot(records, arms, results / f"{stem}.png")
     print(table)
 
 

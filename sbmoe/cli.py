@@ -29,6 +29,7 @@ from .index.builder import IndexConfig, build_index
 from .index.faiss_index import INDEX_TYPES, IndexMismatchError, IndexType
 from .index.retriever import search_to_trec
 from .index.shards import SHARD_DTYPES, ShardError
+from .lm.data import CORPORA
 from .lm.model import PSR_FRACTION, LMConfig
 from .lm.train import LMTrainConfig, evaluate_saved, train_and_evaluate
 from .memory import return_freed_tensors
@@ -393,6 +394,7 @@ def lm_train(
                                           help="Start from this run folder's weights and tokenizer (e.g. convert a "
                                           "trained baseline with --pregate and fine-tune)."),
     device: str = typer.Option(LMT.device, help="Where the model trains: cpu, or cuda on a GPU."),
+    corpus: str = typer.Option(LMT.corpus, help=f"Training text: {' | '.join(CORPORA)}."),
     threads: int | None = THREADS,
 ) -> None:
     """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
@@ -404,7 +406,8 @@ def lm_train(
     echo_lm_figures(train_and_evaluate(LMTrainConfig(model=model_config, steps=steps, batch_size=batch_size, lr=lr,
                                                      eval_every=eval_every, seed=seed, output=output,
                                                      show_progress=progress(), stop_on_convergence=until_converged,
-                                                     min_steps=min_steps, init_from=init_from, device=device)))
+                                                     min_steps=min_steps, init_from=init_from, device=device,
+                                                     corpus=corpus)))
 
 
 @lm_app.command("eval")
@@ -413,7 +416,7 @@ def lm_eval(
     output: Path = typer.Argument(..., help="Folder written by `sbmoe lm train`."),
     threads: int | None = THREADS,
 ) -> None:
-    """Perplexity of a trained LM on the held-out SciFact abstracts and WikiText-2, with routing statistics."""
+    """Perplexity of a trained LM on its corpus's held-out split and WikiText-2, with routing statistics."""
     set_threads(threads)
     echo_lm_figures(evaluate_saved(output))
 

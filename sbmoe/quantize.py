@@ -23,7 +23,7 @@ from torch import nn
 from .atomic import atomic_dir, write_json
 from .data import BeirDataset
 from .lm.data import LMCorpus
-from .lm.train import CHECKPOINT, TOKENIZER, load_trained
+from .lm.train import CHECKPOINT, TOKENIZER, load_trained, trained_corpus
 from .models.encoder import EncoderConfig, load_encoder
 from .moe.quant import (
     QuantConfig,
@@ -86,7 +86,7 @@ def quantize_lm_folder(path: Path, output: Path, config: QuantConfig, overwrite:
     if needs_calibration(config):
         if not (path / TOKENIZER).is_file():
             raise FileNotFoundError(f"{path / TOKENIZER}: needed to draw calibration text for {config.method}")
-        corpus = LMCorpus.build(tokenizer_path=path / TOKENIZER)
+        corpus = LMCorpus.build(tokenizer_path=path / TOKENIZER, corpus=trained_corpus(path))
         calibrate_lm(model, target, corpus.train, config.calib_tokens, config.seed)
     quantized, allocation = quantize_target(target, config)
     state = torch.load(path / CHECKPOINT, weights_only=False)

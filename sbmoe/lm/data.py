@@ -1,4 +1,6 @@
-"""Text for the MoE LM testbed: SciFact abstracts split by document, WikiText-2 as out-of-domain text.
+"""Text for the MoE LM testbed: SciFact abstracts split by document (the default corpus) or Tiny Shakespeare
+split by position (a small corpus on which the testbed converges within a CPU budget), WikiText-2 as
+out-of-domain text.
 
 A byte-level BPE tokenizer is trained locally (``tokenizers``) on the training documents only. Token
 streams are int32 tensors; training batches are random windows from the training stream.
@@ -7,6 +9,7 @@ streams are int32 tensors; training batches are random windows from the training
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +33,36 @@ def scifact_texts(fraction: float = 0.05) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
+def data_file(relative: str) -> Path:
+    """The first data root holding ``relative`` (e.g. ``wikitext-2/valid.txt``)."""
+    for root in search_roots():
+        if (root / relative).is_file():
+            return root / relative
+    raise DatasetNotFoundError(f"{relative} not found under {', '.join(map(str, search_roots()))}")
+
+
 def wikitext_text(split: str) -> str:
     """WikiText-2 ``valid`` or ``test`` (tokenized release) from the data roots."""
-    for root in search_roots():
-        path = root / "wikitext-2" / f"{split}.txt"
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    raise DatasetNotFoundError(f"wikitext-2/{split}.txt not found under {', '.join(map(str, search_roots()))}")
+    return data_file(f"wikitext-2/{split}.txt").read_text(encoding="utf-8")
+
+
+def tinyshakespeare_texts(fraction: float = 0.1) -> tuple[list[str], list[str]]:
+    """(training speeches, held-out speeches) of Tiny Shakespeare: the speeches (blank-line separated) in the
+    first ``1 - fraction`` of the text train, the rest (the end of the play sequence) is held out, so no
+    held-out line sits between training lines."""
+    text = data_file("tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    cut = len(text) * (1 - fraction)
+    train, held_out, position = [], [], 0
+    for speech in text.split("\n\n"):
+        if speech.strip():
+            (train if position < cut else held_out).append(speech.strip("\n"))
+        position += len(speech) + 2
+    return train, held_out
+
+
+CORPORA: dict[str, Callable[[], tuple[list[str], list[str]]]] = {
+    "scifact": scifact_texts, "tinyshakespeare": tinyshakespeare_texts}
+HELD_OUT: dict[str, str] = {"scifact": "held-out SciFact", "tinyshakespeare": "held-out Tiny Shakespeare"}  # labels
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, path: Path | None = None):
@@ -76,10 +102,13 @@ class LMCorpus:
     vocab_size: int
 
     @classmethod
-    def build(cls, vocab_size: int = 4096, held_out: float = 0.05, tokenizer_path: Path | None = None) -> LMCorpus:
-        """Streams for training, validation and WikiText-2; the tokenizer is read from ``tokenizer_path``
-        when it exists (so a saved model is evaluated with its own vocabulary), else trained (and saved)."""
-        train_texts, val_texts = scifact_texts(held_out)
+    def build(cls, vocab_size: int = 4096, tokenizer_path: Path | None = None, corpus: str = "scifact") -> LMCorpus:
+        """Streams for training, validation and WikiText-2 from one of ``CORPORA``; the tokenizer is read from
+        ``tokenizer_path`` when it exists (so a saved model is evaluated with its own vocabulary), else trained
+        (and saved)."""
+        if corpus not in CORPORA:
+            raise ValueError(f"unknown LM corpus {corpus!r}; choose from {', '.join(CORPORA)}")
+        train_texts, val_texts = CORPORA[corpus]()
         if tokenizer_path is not None and Path(tokenizer_path).is_file():
             tokenizer = load_tokenizer(tokenizer_path)
         else:

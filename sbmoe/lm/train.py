@@ -45,6 +45,7 @@ class LMTrainConfig:
     time_limit_s: float | None = None  # stop after the first checkpoint past this many seconds (resumable)
     init_from: Path | None = None  # start from this run folder's weights (e.g. a baseline -> pre-gated)
     device: str = "cpu"  # where the model trains ("cuda" on a GPU); checkpoints are written device-free
+    corpus: str = "scifact"  # the text it trains on (``sbmoe.lm.data.CORPORA``), kept in the checkpoint
 
 
 def converged(history: list[dict[str, Any]], window: float = 0.2, tolerance: float = 0.01,
@@ -74,7 +75,7 @@ def learning_rate(step: int, config: LMTrainConfig) -> float:
 
 
 def evaluate(model: MoELM, corpus: LMCorpus, config: LMTrainConfig) -> dict[str, Any]:
-    """Validation perplexity (held-out SciFact documents, first ``eval_batches`` windows) and routing stats."""
+    """Validation perplexity (the corpus's held-out split, first ``eval_batches`` windows) and routing stats."""
     span = config.eval_batches * config.batch_size * model.config.seq_len + 1
     model.reset_routing_stats()
     ppl = model.perplexity(corpus.validation[:span].long(), config.batch_size)
@@ -113,6 +114,12 @@ def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:
     model = MoELM(LMConfig(**state["config"]["model"]))
     model.load_state_dict(state["model"])
     return model, state["history"]
+
+
+def trained_corpus(output: Path) -> str:
+    """The corpus a run saved by ``train_lm`` trained on (runs from before the choice existed: SciFact)."""
+    state = torch.load(Path(output) / CHECKPOINT, map_location="cpu", weights_only=False)
+    return state["config"].get("corpus", "scifact")
 
 
 def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
@@ -193,7 +200,7 @@ def train_and_evaluate(config: LMTrainConfig) -> dict[str, Any]:
     if config.init_from is not None and not tokenizer.is_file():  # keep the vocabulary of the starting model
         with atomic_file(tokenizer, "wb") as handle:
             handle.write((Path(config.init_from) / TOKENIZER).read_bytes())
-    corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=tokenizer)
+    corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=tokenizer, corpus=config.corpus)
     config.model.vocab_size = corpus.vocab_size
     model, _ = train_lm(config, corpus)
     return evaluate_final(model, corpus)
@@ -205,4 +212,4 @@ def evaluate_saved(output: Path) -> dict[str, Any]:
     tokenizer = Path(output) / TOKENIZER
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{tokenizer}: not found (the model was not trained with `sbmoe lm train`)")
-    return evaluate_final(model, LMCorpus.build(tokenizer_path=tokenizer))
+    return evaluate_final(model, LMCorpus.build(tokenizer_path=tokenizer, corpus=trained_corpus(output)))

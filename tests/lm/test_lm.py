@@ -102,3 +102,32 @@ def test_lm_cli_trains_resumes_and_evaluates(tmp_path: Path) -> None:
     assert again.output == trained.output == evaluated.output
     bad = runner.invoke(app, [*args[:5], "sliding", "--reuse", "1"])
     assert bad.exit_code == 1 and "local pools take reuse 1" in bad.output
+
+
+def test_tinyshakespeare_holds_out_the_end_of_the_text() -> None:
+    from sbmoe.lm.data import data_file, tinyshakespeare_texts
+
+    text = data_file("tinyshakespeare/input.txt").read_text(encoding="utf-8")
+    train, held_out = tinyshakespeare_texts(0.1)
+    speeches = [s.strip("\n") for s in text.split("\n\n") if s.strip()]
+    assert train + held_out == speeches  # every speech once, in order: training first, then held out
+    assert text.index(held_out[0]) >= 0.9 * len(text) > text.rindex(train[-1])
+    assert 0.08 < sum(map(len, held_out)) / len(text) < 0.11
+
+
+def test_lm_cli_evaluates_a_model_on_the_corpus_it_trained_on(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sbmoe.cli import app
+
+    args = ["lm", "train", "-o", str(tmp_path / "lm"), "--corpus", "tinyshakespeare", "--steps", "2",
+            "--eval-every", "2", "--batch-size", "2", "--seq-len", "16", "--vocab", "400", "--layers", "2",
+            "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
+    runner = CliRunner()
+    trained = runner.invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    evaluated = runner.invoke(app, ["lm", "eval", str(tmp_path / "lm")])
+    assert evaluated.output == trained.output  # SciFact's held-out text would give another perplexity
+    bad = runner.invoke(app, [*args[:3], str(tmp_path / "other"), "--corpus", "shakespeare"])
+    assert bad.exit_code == 1 and "unknown LM corpus 'shakespeare'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
