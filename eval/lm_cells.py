@@ -23,6 +23,8 @@ from sbmoe.lm.model import LMConfig
 from sbmoe.lm.train import TOKENIZER, LMTrainConfig, evaluate_final, finished, train_lm
 
 EVAL = Path(__file__).resolve().parent
+
+
 def reference_cell(corpus: str) -> str:
     """The converged reference's cell name for ``corpus`` (SciFact's, the default, is plain ``reference``)."""
     return "reference" if corpus == "scifact" else f"reference-{corpus}"

@@ -42,7 +42,7 @@ def layer_mean(record: dict, key: str) -> float:
 
 
 def markdown(records: list[dict], arms: list[str], settings: dict, args_line: str,
-             held_out: str = "SciFact held-out") -> str:
+             held_out: str = "held-out SciFact") -> str:
     first = records[0]
     lines = ["# Layer-local MoE vs ReXMoE (tiny MoE LM)", "", f"Command: `{args_line}`", "",
              f"{first['params']['total']:,} parameters, {first['params']['expert']:,} in experts, "

@@ -22,6 +22,7 @@ from report import machine_line
 from rexmoe import ARMS, markdown, plot
 
 from sbmoe.atomic import atomic_file, write_json
+from sbmoe.lm.data import HELD_OUT
 from sbmoe.lm.train import LMTrainConfig
 
 
@@ -74,8 +75,7 @@ def main() -> None:
         return
     settings = {**{k: str(v) for k, v in vars(args).items()}, "steps": steps,
                 "tokens_per_run": steps * args.batch_size * args.seq_len}
-    held_out = {"scifact": "SciFact held-out", "tinyshakespeare": "Tiny Shakespeare held-out"}[args.corpus]
-    table = markdown(records, arms, settings, args_line, held_out).replace(
+    table = markdown(records, arms, settings, args_line, HELD_OUT[args.corpus]).replace(
         "# Layer-local MoE vs ReXMoE (tiny MoE LM)", "# Layer-local MoE vs ReXMoE at the converged testbed's budget")
     if not complete:
         table += f"\nNot finished yet: {', '.join(cells.pending)}.\n"
