@@ -255,14 +255,22 @@ def markdown(cells: Cells, args_line: str) -> str:
                                   if mine else "-")
             lines.append(f"| {arm} | " + " | ".join(cells_text) + " |")
         lines.append("")
-    lines += ["## Ranking at each budget (WikiText-2, mean over seeds)", ""]
-    for b in budgets:
-        ranked = sorted((statistics.mean(r["wikitext2_ppl"] for r in rows[(a, b)]), a) for a in arms if (a, b) in rows)
-        lines.append(f"- {b:g} bits: " + " < ".join(f"{a} {v:.2f}" for v, a in ranked))
+    metrics = (("wikitext2_ppl", "WikiText-2"), ("val_ppl", held_out))
+
+    def mean_of(arm: str, budget: float, metric: str) -> float:
+        return statistics.mean(r[metric] for r in rows[(arm, budget)])
+
+    for metric, label in metrics:
+        lines += [f"## Ranking at each budget ({label}, mean over seeds)", ""]
+        for b in budgets:
+            ranked = sorted((mean_of(a, b, metric), a) for a in arms if (a, b) in rows)
+            lines.append(f"- {b:g} bits: " + " < ".join(f"{a} {v:.2f}" for v, a in ranked))
+        lines.append("")
     sweep = [a for a in ("uniform-gptq", "mxmoe", "mxmoe-r0.5", "mxmoe-r0.25") if a in arms]
     if len(sweep) > 1:
-        lines += ["", "## MxMoE accuracy/performance weight r (modelled cost relative to uniform GPTQ)", "",
-                  "| arm | budget | average bits | modelled cost | WikiText-2 ppl |", "|---|---|---|---|---|"]
+        lines += ["## MxMoE accuracy/performance weight r (modelled cost relative to uniform GPTQ)", "",
+                  f"| arm | budget | average bits | modelled cost | WikiText-2 ppl | {held_out} ppl |",
+                  "|---|---|---|---|---|---|"]
         for b in budgets:
             base = rows.get(("uniform-gptq", b))
             for arm in sweep:
@@ -270,18 +278,20 @@ def markdown(cells: Cells, args_line: str) -> str:
                 if mine and base:
                     cost = statistics.mean(r["modelled_cost"] for r in mine) / base[0]["modelled_cost"]
                     lines.append(f"| {arm} | {b:g} | {mine[0]['average_bits']:.2f} | {cost:.3f} | "
-                                 f"{mean_std([r['wikitext2_ppl'] for r in mine], 2)} |")
-    lines += ["", "## Targets", ""]
-    for b in (2.25, 2.5):
-        mx, gq = rows.get(("mxmoe", b)), rows.get(("uniform-gptq", b))
-        if mx and gq:
-            m, g = (statistics.mean(r["wikitext2_ppl"] for r in x) for x in (mx, gq))
-            lines.append(f"- MxMoE < uniform GPTQ at {b:g} bits: {'yes' if m < g else 'no'} ({m:.2f} vs {g:.2f})")
-        lin, exp = rows.get(("mxmoe", b)), rows.get(("mxmoe-expert", b))
-        if lin and exp:
-            m, e = (statistics.mean(r["wikitext2_ppl"] for r in x) for x in (lin, exp))
-            lines.append(f"- linear-block <= expert-level allocation at {b:g} bits: {'yes' if m <= e else 'no'} "
-                         f"({m:.2f} vs {e:.2f})")
+                                 f"{mean_std([r['wikitext2_ppl'] for r in mine], 2)} | "
+                                 f"{mean_std([r['val_ppl'] for r in mine], 2)} |")
+        lines.append("")
+    lines += ["## Targets (mean over seeds, on each perplexity)", ""]
+    for metric, label in metrics:
+        for b in (2.25, 2.5):
+            if ("mxmoe", b) in rows and ("uniform-gptq", b) in rows:
+                m, g = mean_of("mxmoe", b, metric), mean_of("uniform-gptq", b, metric)
+                lines.append(f"- {label}: MxMoE < uniform GPTQ at {b:g} bits: {'yes' if m < g else 'no'} "
+                             f"({m:.2f} vs {g:.2f})")
+            if ("mxmoe", b) in rows and ("mxmoe-expert", b) in rows:
+                m, e = mean_of("mxmoe", b, metric), mean_of("mxmoe-expert", b, metric)
+                lines.append(f"- {label}: linear-block <= expert-level allocation at {b:g} bits: "
+                             f"{'yes' if m <= e else 'no'} ({m:.2f} vs {e:.2f})")
     retrieval = [r for r in records if r["part"] == "retrieval"]
     if retrieval:
         lines += ["", "## SB-MoE retriever on SciFact (encoder linears + head experts quantised)", "",
@@ -291,26 +301,29 @@ def markdown(cells: Cells, args_line: str) -> str:
 
 
 def plot(cells: Cells, path: Path) -> None:
+    """Perplexity vs average bits, one panel per split (WikiText-2, the LM corpus's held-out text)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = lm_rows(cells.records)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for arm in ARMS:
-        points = sorted((b, statistics.mean(r["wikitext2_ppl"] for r in rs)) for (a, b), rs in rows.items() if a == arm)
-        if points:
-            style = "-o" if arm.startswith(("uniform", "mxmoe")) else "--."
-            ax.plot(*zip(*points, strict=True), style, label=arm, markersize=4)
-    floats = [r["wikitext2_ppl"] for r in cells.records if r["part"] == "lm" and r["arm"] == "float"]
-    if floats:
-        ax.axhline(floats[0], color="black", linewidth=0.8, linestyle=":", label="float")
-    ax.set_xlabel("average bits per quantised weight (budget)")
-    ax.set_ylabel("WikiText-2 valid perplexity")
-    ax.set_yscale("log")
-    ax.set_title("Tiny MoE LM: perplexity vs average bits (mean over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    held_out = HELD_OUT[cells.settings.get("corpus", "scifact")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, (metric, label) in zip(axes, (("wikitext2_ppl", "WikiText-2 valid"), ("val_ppl", held_out)), strict=True):
+        for arm in ARMS:
+            points = sorted((b, statistics.mean(r[metric] for r in rs)) for (a, b), rs in rows.items() if a == arm)
+            if points:
+                style = "-o" if arm.startswith(("uniform", "mxmoe")) else "--."
+                ax.plot(*zip(*points, strict=True), style, label=arm, markersize=4)
+        floats = [r[metric] for r in cells.records if r["part"] == "lm" and r["arm"] == "float"]
+        if floats:
+            ax.axhline(floats[0], color="black", linewidth=0.8, linestyle=":", label="float")
+        ax.set_xlabel("average bits per quantised weight (budget)")
+        ax.set_ylabel(f"{label} perplexity")
+        ax.set_yscale("log")
+        ax.set_title(f"Tiny MoE LM: {label} perplexity vs average bits")
+    axes[0].legend(fontsize=7, ncol=2)
     save_png(fig, path)
 
 
