@@ -22,6 +22,9 @@ Writes eval/results/pregate.cells.json, pregate.json, pregate.md, pregate.png (l
 ratio) and pregate_timeline.png (copy, compute and stall intervals of a few tokens at ratio 1). With
 ``--device cuda`` the training cells run on the GPU, the offload cell is ``offload-cuda`` (experts in pinned
 host memory, copies on a CUDA stream) and the report files are pregate_cuda.*; the other cells are shared.
+``--corpus tinyshakespeare`` starts from that corpus's reference (the one that meets the convergence rule;
+pass the reference's --min-steps and --eval-every so the from-scratch run follows its recipe) and writes
+pregate_tinyshakespeare.*; ``--skip-offload`` leaves out the offload cell (quality only).
 """
 
 from __future__ import annotations
@@ -140,7 +143,9 @@ def markdown(result: dict, args_line: str) -> str:
         recall = " ".join(f"{r:.3f}" for r in row.get("recall", [])) or "-"
         wiki = f"{row['wikitext2_valid_ppl']:.2f}" if "wikitext2_valid_ppl" in row else "-"
         lines.append(f"| {name} | {row['val_ppl']:.2f} | {100 * row['ppl_vs_baseline']:+.1f}% | {wiki} | {recall} |")
-    off = result["offload"]
+    off = result.get("offload")
+    if off is None:  # --skip-offload
+        return "\n".join(lines) + "\n"
     capacities = ", ".join(f"{mode} {c or 'all'}" for mode, c in off["capacity"].items())
     lines += ["", "## Offload runtime (batch-1 decoding, fine-tuned pre-gated model)", "",
               f"All-resident compute per block: {off['block_compute_ms']:.3f} ms; {off['decode_tokens']} tokens per "
@@ -196,6 +201,9 @@ def main() -> None:
     parser.add_argument("--copy-ratios", default="0.25,0.5,1,2,4")
     parser.add_argument("--decode-seqs", type=int, default=8)
     parser.add_argument("--decode-len", type=int, default=128)
+    parser.add_argument("--skip-offload", action="store_true",
+                        help="quality cells only (the offload timings want a quiet machine; they do not depend on "
+                        "the corpus)")
     args = parser.parse_args()
     args_line = "python eval/pregate.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                     for k, v in vars(args).items() if v is not None)
@@ -215,9 +223,10 @@ def main() -> None:
     control = cells.train("finetune-control", tune(pregate=False), corpus)
     result = {}
     if tuned is not None:
-        result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus)),
-                  "offload": cells.run(device_suffix(args.device, "offload", "-"),
-                                       lambda _s: offload(args, cells, corpus))}
+        result = {"quality": cells.run("quality", lambda _s: quality(args, cells, corpus))}
+        if not args.skip_offload:
+            result["offload"] = cells.run(device_suffix(args.device, "offload", "-"),
+                                          lambda _s: offload(args, cells, corpus))
     scratch = []
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         run = cells.train(f"scratch-seed{seed}", reference_config(args, corpus.vocab_size, seed, pregate=True),
@@ -236,8 +245,9 @@ def main() -> None:
                                           "machine": machine_line()})
     with atomic_file(results / f"{stem}.md") as handle:
         handle.write(markdown(result, args_line))
-    plot_latency(result["offload"], results / f"{stem}.png")
-    plot_timeline(result["offload"], results / f"{stem}_timeline.png")
+    if "offload" in result:
+        plot_latency(result["offload"], results / f"{stem}.png")
+        plot_timeline(result["offload"], results / f"{stem}_timeline.png")
     print(markdown(result, args_line))
 
 
