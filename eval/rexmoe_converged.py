@@ -18,7 +18,7 @@ import argparse
 import json
 
 from lm_cells import Cells, add_common_args, corpus_suffix, load_corpus, model_config, reference_cell
-from report import machine_line
+from report import machine_line, mean_std
 from rexmoe import ARMS, markdown, plot
 
 from sbmoe.atomic import atomic_file, write_json
@@ -35,6 +35,18 @@ def budget_steps(args: argparse.Namespace) -> int:
         raise SystemExit(f"{cells}: no {name} cell yet; run eval/lm_converged.py --corpus {args.corpus} first "
                          "or pass --steps")
     return json.loads(cells.read_text())[name]["steps"]
+
+
+def best_along_training(records: list[dict], arms: list[str]) -> str:
+    """The lowest eval-window PPL each arm reached during training and its step: on a corpus the model
+    overfits, the end-of-run PPL and the best PPL can rank arms differently."""
+    lines = ["", "| arm | best eval-window PPL during training | at step | seeds |", "|---|---|---|---|"]
+    for arm in arms:
+        bests = [min(r["history"], key=lambda h: h["val_ppl"]) for r in records if r["arm"] == arm]
+        if bests:
+            lines.append(f"| {arm} | {mean_std([b['val_ppl'] for b in bests], 2)} | "
+                         f"{', '.join(str(b['step']) for b in bests)} | {len(bests)} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -77,6 +89,7 @@ def main() -> None:
                 "tokens_per_run": steps * args.batch_size * args.seq_len}
     table = markdown(records, arms, settings, args_line, HELD_OUT[args.corpus]).replace(
         "# Layer-local MoE vs ReXMoE (tiny MoE LM)", "# Layer-local MoE vs ReXMoE at the converged testbed's budget")
+    table += best_along_training(records, arms)
     if not complete:
         table += f"\nNot finished yet: {', '.join(cells.pending)}.\n"
     results = args.root / "results"
