@@ -205,8 +205,9 @@ def main() -> None:
                         help="quality cells only (the offload timings want a quiet machine; they do not depend on "
                         "the corpus)")
     args = parser.parse_args()
-    args_line = "python eval/pregate.py " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                    for k, v in vars(args).items() if v is not None)
+    args_line = "python eval/pregate.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in vars(args).items() if v is not None and v is not False)
     reference = reference_run(args)
     if not (reference / "checkpoint.pt").is_file():
         raise SystemExit(f"{reference}: no converged reference; run eval/lm_converged.py first")
