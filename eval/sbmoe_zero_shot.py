@@ -197,6 +197,8 @@ def run_grid(args: argparse.Namespace) -> None:
             print(f"budget reached after {elapsed:.1f} min; next cell {path.stem}")
             return
         cell_start = time.perf_counter()
+        if args.work_dir:
+            Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="sbmoe-cell-", dir=args.work_dir) as work:
             record = run_cell(encoder, arm, seed, args, Path(work))
         write_json(path, record)
