@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 
 from lm_cells import Cells, add_common_args, figure, finish_plot, load_corpus, reference_cell, reference_config
-from report import machine_line
+from report import command_line, machine_line
 
 from sbmoe.atomic import atomic_file, write_json
-from sbmoe.lm.data import CORPORA
-
-CORPUS_LABELS = {"scifact": "SciFact held-out abstracts", "tinyshakespeare": "Tiny Shakespeare, last 10%"}
+from sbmoe.lm.data import CORPORA, HELD_OUT
 
 
 def references(cells: Cells) -> dict[str, dict]:
@@ -51,11 +49,12 @@ def markdown(runs: dict[str, dict], args_line: str) -> str:
              f"{p['expert']:,} parameters in experts, {p['active_expert_per_token']:,} active expert parameters "
              "per token (the tokenizer is trained per corpus). Stopping rule: validation PPL improved by < 1% over "
              "the last 20% of steps.", "",
-             "| corpus | parameters | converged | steps | tokens seen | wall time (min) | best eval PPL (step) | "
-             "held-out PPL at stop | WikiText-2 valid PPL |", "|---|---|---|---|---|---|---|---|---|"]
+             "| corpus (scored on) | parameters | converged | steps | tokens seen | wall time (min) | "
+             "best eval PPL (step) | held-out PPL at stop | WikiText-2 valid PPL |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for corpus, result in runs.items():
         best = min(result["history"], key=lambda h: h["val_ppl"])
-        lines.append(f"| {CORPUS_LABELS[corpus]} | {result['params']['total']:,} | "
+        lines.append(f"| {HELD_OUT[corpus]} | {result['params']['total']:,} | "
                      f"{'yes' if result['converged'] else 'no (step cap)'} | "
                      f"{result['steps']:,} | {result['tokens_seen']:,} | {result['wall_s'] / 60:.1f} | "
                      f"{best['val_ppl']:.2f} ({best['step']:,}) | {result['val_ppl']:.2f} | "
@@ -68,8 +67,7 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    args_line = "python eval/lm_converged.py " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                         for k, v in vars(args).items() if v is not None)
+    args_line = command_line("eval/lm_converged.py", args)
     corpus = load_corpus(args)
     cells = Cells(args, "lm_converged")
     result = cells.train(reference_cell(args.corpus), reference_config(args, corpus.vocab_size, seed=args.seed),

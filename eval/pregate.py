@@ -45,7 +45,7 @@ from lm_cells import (
     reference_config,
     reference_run,
 )
-from report import machine_line, save_png
+from report import command_line, machine_line, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.offload_decode import OffloadedDecoder
@@ -57,8 +57,8 @@ TIMELINE_TOKENS = 3
 
 
 def quality(args: argparse.Namespace, cells: Cells, corpus) -> dict:
-    base, _ = load_trained(reference_run(args))
-    tuned, _ = load_trained(cells.cache / "finetune")
+    base = load_trained(reference_run(args)).model
+    tuned = load_trained(cells.cache / "finetune").model
     gates, tokens = reference_gates(base), corpus.validation
     baseline, zero_shot, final = evaluate_final(base, corpus), to_pregated(base), evaluate_final(tuned, corpus)
     rows = {"baseline": {"val_ppl": baseline["val_ppl"], "wikitext2_valid_ppl": baseline["wikitext2-valid_ppl"]},
@@ -110,7 +110,7 @@ def device_suffix(device: str, name: str, separator: str) -> str:
 
 def offload(args: argparse.Namespace, cells: Cells, corpus) -> dict:
     torch.set_num_threads(1)  # one compute thread; the copy worker is the other
-    model, _ = load_trained(cells.cache / "finetune")
+    model = load_trained(cells.cache / "finetune").model
     model.to(args.device)
     length = min(args.decode_len, model.config.seq_len)
     tokens = corpus.validation[: args.decode_seqs * length].long().view(args.decode_seqs, length).to(args.device)
@@ -205,9 +205,7 @@ def main() -> None:
                         help="quality cells only (the offload timings want a quiet machine; they do not depend on "
                         "the corpus)")
     args = parser.parse_args()
-    args_line = "python eval/pregate.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-        for k, v in vars(args).items() if v is not None and v is not False)
+    args_line = command_line("eval/pregate.py", args)
     reference = reference_run(args)
     if not (reference / "checkpoint.pt").is_file():
         raise SystemExit(f"{reference}: no converged reference; run eval/lm_converged.py first")

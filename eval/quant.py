@@ -35,7 +35,7 @@ from report import TimeBudget, machine_line, mean_std, save_png
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.data import HELD_OUT, LMCorpus
 from sbmoe.lm.model import LMConfig
-from sbmoe.lm.train import CHECKPOINT, TOKENIZER, LMTrainConfig, finished, load_trained, train_lm, trained_corpus
+from sbmoe.lm.train import CHECKPOINT, TOKENIZER, LMTrainConfig, finished, load_trained, train_lm
 from sbmoe.moe.quant import (
     HEURISTICS,
     BlockQuantizer,
@@ -118,8 +118,7 @@ def ensure_lm(args: argparse.Namespace, budget: TimeBudget) -> bool:
 
 
 def lm_part(args: argparse.Namespace, cells: Cells, budget: TimeBudget) -> None:
-    model, _ = load_trained(args.lm)
-    model.eval()
+    model = load_trained(args.lm).model.eval()
     corpus = LMCorpus.build(tokenizer_path=args.lm / TOKENIZER, corpus=cells.settings["corpus"])
     splits = {"val": corpus.validation[:args.eval_tokens].long(),
               "wikitext2": corpus.ood["wikitext2-valid"][:args.eval_tokens].long()}
@@ -341,7 +340,7 @@ def main() -> None:
     if not ensure_lm(args, budget):
         print(f"LM training stopped at the time budget; rerun to resume ({args.lm})")
         return
-    cells.settings["corpus"] = trained_corpus(args.lm)
+    cells.settings["corpus"] = load_trained(args.lm).corpus
     lm_part(args, cells, budget)
     if not args.skip_retrieval:
         retrieval_part(args, cells, budget)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -17,6 +18,14 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def command_line(script: str, args: argparse.Namespace) -> str:
+    """The command that reproduces a run, for a result file's header: every set option written as a flag
+    (``--name value``; a bare ``--name`` for a switch that is on; unset and off options left out)."""
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+             for k, v in vars(args).items() if v is not None and v is not False]
+    return " ".join([f"python {script}", *flags])
 
 
 def machine_line() -> str:

@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from report import TimeBudget, machine_line, mean_std, save_png
+from report import TimeBudget, command_line, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.lm.data import LMCorpus
@@ -112,8 +112,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    args_line = "python eval/rexmoe.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                    if v is not None)
+    args_line = command_line("eval/rexmoe.py", args)
 
     corpus = LMCorpus.build(vocab_size=args.vocab)
     print(f"tokens: train {len(corpus.train):,}, validation {len(corpus.validation):,}, "

@@ -18,7 +18,7 @@ import argparse
 import json
 
 from lm_cells import Cells, add_common_args, corpus_suffix, load_corpus, model_config, reference_cell
-from report import machine_line, mean_std
+from report import command_line, machine_line, mean_std
 from rexmoe import ARMS, markdown, plot
 
 from sbmoe.atomic import atomic_file, write_json
@@ -62,8 +62,7 @@ def main() -> None:
         parser.error(f"unknown arms {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     steps = budget_steps(args)
-    args_line = "python eval/rexmoe_converged.py " + " ".join(f"--{k.replace('_', '-')} {v}"
-                                                             for k, v in vars(args).items() if v is not None)
+    args_line = command_line("eval/rexmoe_converged.py", args)
     corpus = load_corpus(args)
     stem = "rexmoe_converged" + corpus_suffix(args.corpus)
     cells = Cells(args, stem)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import TimeBudget, machine_line, mean_std, save_png
+from report import TimeBudget, command_line, machine_line, mean_std, save_png
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation.benchmark import evaluate_systems
@@ -112,8 +112,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     datasets = [d for d in args.datasets.split(",") if d]
     arms = [a for a in args.arms.split(",") if a]
-    args_line = "python eval/sbmoe_vs_base.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    args_line = command_line("eval/sbmoe_vs_base.py", args)
 
     records: list[dict] = []
     budget = TimeBudget(args.time_budget_min)

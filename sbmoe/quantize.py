@@ -23,7 +23,7 @@ from torch import nn
 from .atomic import atomic_dir, write_json
 from .data import BeirDataset
 from .lm.data import LMCorpus
-from .lm.train import CHECKPOINT, TOKENIZER, load_trained, trained_corpus
+from .lm.train import CHECKPOINT, TOKENIZER, load_trained
 from .models.encoder import EncoderConfig, load_encoder
 from .moe.quant import (
     QuantConfig,
@@ -81,18 +81,18 @@ def write_quantized(folder: Path, target: QuantTarget, quantized: dict[str, Grou
 
 
 def quantize_lm_folder(path: Path, output: Path, config: QuantConfig, overwrite: bool) -> dict[str, Any]:
-    model, history = load_trained(path)
+    trained = load_trained(path)
+    model = trained.model
     target = lm_target(model, config.attention)
     if needs_calibration(config):
         if not (path / TOKENIZER).is_file():
             raise FileNotFoundError(f"{path / TOKENIZER}: needed to draw calibration text for {config.method}")
-        corpus = LMCorpus.build(tokenizer_path=path / TOKENIZER, corpus=trained_corpus(path))
+        corpus = LMCorpus.build(tokenizer_path=path / TOKENIZER, corpus=trained.corpus)
         calibrate_lm(model, target, corpus.train, config.calib_tokens, config.seed)
     quantized, allocation = quantize_target(target, config)
-    state = torch.load(path / CHECKPOINT, weights_only=False)
     with atomic_dir(output, overwrite) as tmp:
-        torch.save({"model": model.state_dict(), "config": state["config"], "history": history,
-                    "step": state.get("step")}, tmp / CHECKPOINT)
+        torch.save({"model": model.state_dict(), "config": trained.config, "history": trained.history,
+                    "step": trained.step}, tmp / CHECKPOINT)
         if (path / TOKENIZER).is_file():
             shutil.copy(path / TOKENIZER, tmp / TOKENIZER)
         return write_quantized(tmp, target, quantized, allocation, config, path)
@@ -124,7 +124,7 @@ def load_quantized(folder: str | Path, packed: bool = True) -> nn.Module:
     """A folder written by ``quantize_model``: with ``packed``, running on its packed weights (LM: attention
     and experts; sentence-transformers: encoder linears; SB-MoE head experts keep their fake-quant values)."""
     folder = Path(folder)
-    model = load_trained(folder)[0] if model_kind(folder) == "lm" else load_encoder(EncoderConfig(model=str(folder)))
+    model = load_trained(folder).model if model_kind(folder) == "lm" else load_encoder(EncoderConfig(model=str(folder)))
     if packed:
         install_packed(model, torch.load(folder / PACKED, weights_only=True))
     model.eval()

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -105,21 +105,29 @@ def evaluate_final(model: MoELM, corpus: LMCorpus, batch_size: int = 16) -> dict
     return {**result, **routing}
 
 
-def load_trained(output: Path) -> tuple[MoELM, list[dict[str, Any]]]:
-    """The model and history stored in ``output/checkpoint.pt`` by ``train_lm``."""
+class TrainedLM(NamedTuple):
+    """What ``train_lm`` saved in ``output/checkpoint.pt``: one read gives the model and how it was trained."""
+
+    model: MoELM
+    history: list[dict[str, Any]]
+    config: dict[str, Any]  # LMTrainConfig as stored (asdict)
+    step: int | None
+
+    @property
+    def corpus(self) -> str:
+        """The corpus the run trained on (runs from before the choice existed: SciFact)."""
+        return self.config.get("corpus", "scifact")
+
+
+def load_trained(output: Path) -> TrainedLM:
+    """The model, history and config stored by ``train_lm``."""
     path = Path(output) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no LM checkpoint (train one with `sbmoe lm train`)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = MoELM(LMConfig(**state["config"]["model"]))
     model.load_state_dict(state["model"])
-    return model, state["history"]
-
-
-def trained_corpus(output: Path) -> str:
-    """The corpus a run saved by ``train_lm`` trained on (runs from before the choice existed: SciFact)."""
-    state = torch.load(Path(output) / CHECKPOINT, map_location="cpu", weights_only=False)
-    return state["config"].get("corpus", "scifact")
+    return TrainedLM(model, state["history"], state["config"], state.get("step"))
 
 
 def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
@@ -141,7 +149,7 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
         start, history = state["step"], state["history"]
     elif config.init_from is not None:
         try:
-            model.load_state_dict(load_trained(config.init_from)[0].state_dict())
+            model.load_state_dict(load_trained(config.init_from).model.state_dict())
         except RuntimeError as error:  # shapes differ: another architecture or vocabulary
             raise ValueError(f"{Path(config.init_from) / CHECKPOINT}: its model does not fit this configuration "
                              f"({str(error).splitlines()[-1].strip()})") from None
@@ -208,8 +216,8 @@ def train_and_evaluate(config: LMTrainConfig) -> dict[str, Any]:
 
 def evaluate_saved(output: Path) -> dict[str, Any]:
     """``sbmoe lm eval``: perplexities and routing statistics of a model saved by ``train_and_evaluate``."""
-    model, _ = load_trained(output)
+    trained = load_trained(output)
     tokenizer = Path(output) / TOKENIZER
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{tokenizer}: not found (the model was not trained with `sbmoe lm train`)")
-    return evaluate_final(model, LMCorpus.build(tokenizer_path=tokenizer, corpus=trained_corpus(output)))
+    return evaluate_final(trained.model, LMCorpus.build(tokenizer_path=tokenizer, corpus=trained.corpus))

@@ -93,7 +93,7 @@ def test_convert_a_trained_baseline_and_fine_tune_with_pregates(corpus: LMCorpus
     base_config = LMTrainConfig(model=LMConfig(**SMALL), steps=10, batch_size=4, warmup=2, eval_every=5,
                                 eval_batches=1, show_progress=False, output=tmp_path / "base")
     train_lm(base_config, corpus)
-    base, _ = load_trained(tmp_path / "base")
+    base = load_trained(tmp_path / "base").model
     converted = to_pregated(base)
     for (name, a), b in zip(base.state_dict().items(), converted.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -107,7 +107,7 @@ def test_convert_a_trained_baseline_and_fine_tune_with_pregates(corpus: LMCorpus
     tuned, history = train_lm(tune, corpus)
     assert tuned.config.pregate and len(history) == 2 and all(h["val_ppl"] < 1e4 for h in history)
     assert not torch.equal(tuned.experts.w_in, base.experts.w_in)  # it trained from the baseline's weights
-    assert torch.equal(load_trained(tmp_path / "pre")[0].experts.w_in, tuned.experts.w_in)
+    assert torch.equal(load_trained(tmp_path / "pre").model.experts.w_in, tuned.experts.w_in)
 
 
 def test_convergence_rule_on_synthetic_histories() -> None:
@@ -136,7 +136,7 @@ def test_time_limited_chunks_resume_to_the_clean_run(corpus: LMCorpus, tmp_path:
         _, history = train_lm(chunked, corpus)
         chunks += 1
     assert chunks == 3  # one checkpoint per chunk
-    resumed, _ = load_trained(tmp_path / "run")
+    resumed = load_trained(tmp_path / "run").model
     for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert [h["val_ppl"] for h in history] == [h["val_ppl"] for h in clean_history]

@@ -61,13 +61,13 @@ def test_lm_round_trips_through_packed_storage(lm_dir: Path, tmp_path: Path) -> 
     packed = load_quantized(tmp_path / "q")
     assert isinstance(packed.experts, PackedExpertBank) and isinstance(packed.blocks[0].attn.qkv, PackedLinear)
     assert all(block.moe.bank is packed.experts for block in packed.blocks)
-    reference = rtn_reference(load_trained(lm_dir)[0], 3, 16)
-    fake = load_trained(tmp_path / "q")[0].eval()
+    reference = rtn_reference(load_trained(lm_dir).model, 3, 16)
+    fake = load_trained(tmp_path / "q").model.eval()
     assert torch.equal(fake.experts.w_in, reference.experts.w_in)
     idx = torch.randint(0, 300, (3, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(packed(idx)[0], reference(idx)[0], rtol=1e-4, atol=1e-4)
-        original = load_trained(lm_dir)[0].eval()(idx)[0]
+        original = load_trained(lm_dir).model.eval()(idx)[0]
     assert not torch.allclose(original, reference(idx)[0], atol=1e-4)  # quantisation did change the model
 
 
