@@ -80,6 +80,11 @@ def finish_plot(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, log: 
     save_png(fig, path)
 
 
+def best_point(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation with the lowest validation PPL in a training history."""
+    return min(history, key=lambda h: h["val_ppl"])
+
+
 def model_config(args: argparse.Namespace, vocab_size: int, **overrides: Any) -> LMConfig:
     return LMConfig(vocab_size=vocab_size, seq_len=args.seq_len, n_layer=args.layers, d_model=args.d_model,
                     experts_per_layer=args.experts, expert_hidden=args.expert_hidden, top_k=args.top_k, **overrides)

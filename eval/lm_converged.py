@@ -19,7 +19,16 @@ from __future__ import annotations
 
 import argparse
 
-from lm_cells import Cells, add_common_args, figure, finish_plot, load_corpus, reference_cell, reference_config
+from lm_cells import (
+    Cells,
+    add_common_args,
+    best_point,
+    figure,
+    finish_plot,
+    load_corpus,
+    reference_cell,
+    reference_config,
+)
 from report import command_line, machine_line
 
 from sbmoe.atomic import atomic_file, write_json
@@ -53,7 +62,7 @@ def markdown(runs: dict[str, dict], args_line: str) -> str:
              "best eval PPL (step) | held-out PPL at stop | WikiText-2 valid PPL |",
              "|---|---|---|---|---|---|---|---|---|"]
     for corpus, result in runs.items():
-        best = min(result["history"], key=lambda h: h["val_ppl"])
+        best = best_point(result["history"])
         lines.append(f"| {HELD_OUT[corpus]} | {result['params']['total']:,} | "
                      f"{'yes' if result['converged'] else 'no (step cap)'} | "
                      f"{result['steps']:,} | {result['tokens_seen']:,} | {result['wall_s'] / 60:.1f} | "

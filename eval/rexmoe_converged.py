@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lm_cells import Cells, add_common_args, corpus_suffix, load_corpus, model_config, reference_cell
+from lm_cells import Cells, add_common_args, best_point, corpus_suffix, load_corpus, model_config, reference_cell
 from report import command_line, machine_line, mean_std
 from rexmoe import ARMS, markdown, plot
 
@@ -42,7 +42,7 @@ def best_along_training(records: list[dict], arms: list[str]) -> str:
     overfits, the end-of-run PPL and the best PPL can rank arms differently."""
     lines = ["", "| arm | best eval-window PPL during training | at step | seeds |", "|---|---|---|---|"]
     for arm in arms:
-        bests = [min(r["history"], key=lambda h: h["val_ppl"]) for r in records if r["arm"] == arm]
+        bests = [best_point(r["history"]) for r in records if r["arm"] == arm]
         if bests:
             lines.append(f"| {arm} | {mean_std([b['val_ppl'] for b in bests], 2)} | "
                          f"{', '.join(str(b['step']) for b in bests)} | {len(bests)} |")

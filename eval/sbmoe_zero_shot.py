@@ -187,6 +187,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
 def run_grid(args: argparse.Namespace) -> None:
     cells_dir = OUT / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
+    if args.work_dir:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     started, last = time.perf_counter(), 0.0
     for encoder, arm, seed in plan(args):
         path = cells_dir / f"{cell_name(encoder, arm, seed)}.json"
@@ -197,8 +199,6 @@ def run_grid(args: argparse.Namespace) -> None:
             print(f"budget reached after {elapsed:.1f} min; next cell {path.stem}")
             return
         cell_start = time.perf_counter()
-        if args.work_dir:
-            Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="sbmoe-cell-", dir=args.work_dir) as work:
             record = run_cell(encoder, arm, seed, args, Path(work))
         write_json(path, record)
