@@ -91,8 +91,9 @@ def apply_after_pooling(model: SentenceTransformer, pooled: np.ndarray, task: st
     modules = after_pooling(model)
     parts = []
     for start in range(0, len(pooled), batch_size):
-        features = {"sentence_embedding": torch.from_numpy(np.asarray(pooled[start:start + batch_size]))
-                    .to(model.device)}
+        # A copy: ``pooled`` is often a read-only memory map, which torch.from_numpy warns about.
+        features = {"sentence_embedding": torch.tensor(np.asarray(pooled[start:start + batch_size]),
+                                                       device=model.device)}
         for module in modules:
             features = module(features, task=task) if isinstance(module, Router) else module(features)
         parts.append(features["sentence_embedding"].float().cpu().numpy())

@@ -156,7 +156,7 @@ def test_topk_renormalized_router_equals_loop() -> None:
         top = sorted(range(EXPERTS), key=lambda e: -float(probs[e]))[:2]
         for e in range(EXPERTS):
             expected = probs[e] / (probs[top[0]] + probs[top[1]]) if e in top else 0.0
-            assert float(out.weights[n, e]) == pytest.approx(float(expected), abs=1e-12)
+            assert float(out.weights[n, e].detach()) == pytest.approx(float(expected), abs=1e-12)
 
 
 def test_candidate_mask_hides_experts() -> None:
