@@ -21,7 +21,7 @@ from ..data import BeirDataset
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_corpus, encode_texts
-from ..models.pipeline import pooling_prefix, sbmoe_heads
+from ..models.pipeline import pooled_batches, pooling_prefix, sbmoe_heads
 from ..models.sbmoe_head import SBMoEHead
 
 
@@ -86,8 +86,7 @@ def route(head: SBMoEHead, pooled: np.ndarray, batch_size: int = 8192) -> np.nda
     head.eval()
     out = []
     device = next(head.parameters()).device
-    for start in range(0, len(pooled), batch_size):
-        x = torch.from_numpy(np.asarray(pooled[start:start + batch_size], dtype=np.float32)).to(device)
+    for x in pooled_batches(pooled, batch_size, device):
         out.append(head.route(x).indices[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 

@@ -7,6 +7,8 @@ position of its Pooling module, found by ``pooling_position``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
@@ -83,6 +85,13 @@ def sbmoe_heads(model: nn.Module) -> list[SBMoEHead]:
     return [m for m in model.modules() if isinstance(m, SBMoEHead)]
 
 
+def pooled_batches(pooled: np.ndarray, batch_size: int, device: torch.device | str) -> Iterator[torch.Tensor]:
+    """Float32 tensors over consecutive rows of ``pooled``, each a copy: ``pooled`` is often a read-only
+    memory map of cached embeddings, which ``torch.from_numpy`` cannot share safely (it warns)."""
+    for start in range(0, len(pooled), batch_size):
+        yield torch.tensor(np.asarray(pooled[start:start + batch_size]), dtype=torch.float32, device=device)
+
+
 @torch.inference_mode()
 def apply_after_pooling(model: SentenceTransformer, pooled: np.ndarray, task: str = "document",
                         batch_size: int = 8192) -> np.ndarray:
@@ -90,10 +99,8 @@ def apply_after_pooling(model: SentenceTransformer, pooled: np.ndarray, task: st
     setting (e.g. SB-MoE inference modes) and equals encoding the texts with ``model`` up to rounding."""
     modules = after_pooling(model)
     parts = []
-    for start in range(0, len(pooled), batch_size):
-        # A copy: ``pooled`` is often a read-only memory map, which torch.from_numpy warns about.
-        features = {"sentence_embedding": torch.tensor(np.asarray(pooled[start:start + batch_size]),
-                                                       device=model.device)}
+    for batch in pooled_batches(pooled, batch_size, model.device):
+        features = {"sentence_embedding": batch}
         for module in modules:
             features = module(features, task=task) if isinstance(module, Router) else module(features)
         parts.append(features["sentence_embedding"].float().cpu().numpy())
