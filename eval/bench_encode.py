@@ -51,7 +51,7 @@ def load_system(name: str, threads: int):
     if name == "st-fp32":
         from sentence_transformers import SentenceTransformer
 
-        from sbmoe.models.aliases import minilm_path
+        from sbmoe.models.light_encoders import minilm_path
 
         model = SentenceTransformer(minilm_path(), device="cpu")
         return model, lambda texts, batch: model.encode(list(texts), batch_size=batch, convert_to_numpy=True)

@@ -78,7 +78,7 @@ def tiny_model(work: Path) -> str:
     """A random 2-layer, 32-d BERT with all-MiniLM-L6-v2's tokenizer (offline)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sbmoe.models.aliases import minilm_path
+    from sbmoe.models.light_encoders import minilm_path
 
     out = work / "tiny-bert"
     if not (out / "config.json").exists():

@@ -183,7 +183,7 @@ def retrieval_part(args: argparse.Namespace, cells: Cells, budget: TimeBudget) -
     from sbmoe.evaluation.benchmark import evaluate_systems
     from sbmoe.evaluation.systems import dense_system
     from sbmoe.models.encoder import EncoderConfig
-    from sbmoe.quantize import quantize_model
+    from sbmoe.models.quantize import quantize_model
     from sbmoe.training.config import TrainConfig
     from sbmoe.training.trainer import train
 

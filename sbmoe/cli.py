@@ -37,9 +37,9 @@ from .models.aliases import ALIASES, ModelLoadError
 from .models.encoder import EncoderConfig, set_threads
 from .models.export import EXPORT_FORMATS, ExportConfig, export_model
 from .models.onnx_backend import BACKENDS
+from .models.quantize import quantize_model
 from .models.sbmoe_head import GATES, MOE_CHOICES
 from .moe.quant.config import QUANT_METHODS, QuantConfig
-from .quantize import quantize_model
 from .runs import DEFAULT_DEPTH
 from .training.config import TrainConfig
 from .training.trainer import train

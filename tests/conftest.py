@@ -23,7 +23,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
-    from sbmoe.models.aliases import minilm_path
+    from sbmoe.models.light_encoders import minilm_path
 
     path = minilm_path()
     if path is None:

@@ -1,6 +1,7 @@
 """Datasets: the registry of known names, data roots and the cache folder, BEIR-layout loaders, triples."""
 
-from .beir import BeirDataset, DataFormatError, Document, load_queries, read_queries
+from .beir import BeirDataset, DataFormatError, load_queries, read_queries
+from .document import Document
 from .registry import DatasetNotFoundError, dataset_info, local_datasets, resolve_dataset
 from .roots import cache_root, search_roots
 from .shuffle import WindowShuffle

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runs import SelfHits
+from .document import Document
 from .registry import dataset_info, resolve_dataset
 from .self_hits import decide_self_hits
 
@@ -29,17 +30,6 @@ DOC_TEXT_FORMAT = "beir-title-space-text-v1"
 
 class DataFormatError(ValueError):
     """Malformed dataset file; the message names the file and the line."""
-
-
-@dataclass(frozen=True)
-class Document:
-    doc_id: str
-    title: str
-    text: str
-
-    def as_text(self) -> str:
-        """Title and body joined by one space, stripped: BEIR's convention for dense encoders."""
-        return (self.title + " " + self.text).strip()
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

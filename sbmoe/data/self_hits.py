@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .beir import Document
+from .document import Document
 
 _NON_WORD = re.compile(r"[\W_]+")
 MIN_PREFIX_WORDS = 3  # a shorter query is "the start of a document" too easily by chance

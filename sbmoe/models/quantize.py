@@ -4,8 +4,8 @@ MODEL is an SB-MoE (or any) sentence-transformers folder, or an LM folder from `
 output folder loads exactly as its input did (``sbmoe eval --model OUT``, ``sbmoe lm eval OUT``): its weights
 are the fake-quant values. Beside them, ``packed.pt`` holds every quantised block in the packed int4/int8
 format of ``sbmoe.kernels.quant`` and ``quantization.json`` the widths; ``load_quantized`` rebuilds the model
-running on the packed weights (dequant matmuls). This module sits above data, models, lm and moe: the
-library in ``sbmoe.moe.quant`` imports none of them.
+running on the packed weights (dequant matmuls). It stands with ``export`` among the model-folder writers, above
+lm and moe: the library in ``sbmoe.moe.quant`` imports none of data, models or lm.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_dir, write_json
-from .data import BeirDataset
-from .lm.data import LMCorpus
-from .lm.train import CHECKPOINT, TOKENIZER, load_trained
-from .models.encoder import EncoderConfig, load_encoder
-from .moe.quant import (
+from ..atomic import atomic_dir, write_json
+from ..data import BeirDataset
+from ..lm.data import LMCorpus
+from ..lm.train import CHECKPOINT, TOKENIZER, load_trained
+from ..moe.quant import (
     QuantConfig,
     QuantTarget,
     average_bits,
@@ -38,8 +37,9 @@ from .moe.quant import (
     quantize_target,
     sbmoe_target,
 )
-from .moe.quant.allocation import Allocation
-from .moe.quant.rtn import GroupQuant
+from ..moe.quant.allocation import Allocation
+from ..moe.quant.rtn import GroupQuant
+from .encoder import EncoderConfig, load_encoder
 
 PACKED, REPORT = "packed.pt", "quantization.json"
 
