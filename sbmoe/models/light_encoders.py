@@ -25,11 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..atomic import atomic_dir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and onnx load with the first build, not with the aliases that name this module
+    import numpy as np
     import onnx
     import onnxruntime
 
@@ -131,6 +130,8 @@ def _bert_tensors(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], str]:
     initializer's name is the only place the layer is named, so each weight is found by following its MatMul's
     output to that Add, never by the order of initializers.
     """
+    import numpy as np
+
     constants = _constants(graph)
     initializers = {init.name for init in graph.initializer}
     word = [name for name in initializers if name.endswith(_WORD_EMBEDDINGS_SUFFIX)]
@@ -225,6 +226,7 @@ def _load_state_dict(model: Any, tensors: dict[str, np.ndarray]) -> None:
     zero-filled rather than left out, because transformers would otherwise initialise it at random on every
     load, and a model whose weights change from load to load gets a new fingerprint (and cache key) each time.
     """
+    import numpy as np
     import torch
 
     state = model.state_dict()
@@ -357,6 +359,8 @@ def onnx_sentence_embeddings(texts: list[str], max_length: int = 128) -> np.ndar
     sentence-transformers' own mean pooling over the attention mask (clamped at 1e-9) and returns it as its
     only rank-2 float output; the output called ``output`` is just ``input_ids`` passed through.
     """
+    import numpy as np
+
     session = _onnx_session(str(minilm_l3_onnx_path()))
     tokenizer = _minilm_tokenizer(str(minilm_l6_dir()))
     inputs = {i.name for i in session.get_inputs()}
