@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from .atomic import CorruptArtifactError, WriteFailedError
 from .bm25.engines import BM25Config, BM25UnavailableError, LuceneBM25, LuceneError
 from .bm25.engines import search_to_trec as bm25_search_to_trec
 from .bm25.fusion import FUSIONS
@@ -48,7 +49,8 @@ app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, ind
                   no_args_is_help=True, add_completion=False)
 
 USER_ERRORS = (DataFormatError, DatasetNotFoundError, ModelLoadError, IndexMismatchError, MetricError,
-               ShardError, BM25UnavailableError, LuceneError, FileExistsError, FileNotFoundError, ValueError)
+               ShardError, BM25UnavailableError, LuceneError, CorruptArtifactError, WriteFailedError,
+               FileExistsError, FileNotFoundError, ValueError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENC, IDX, TRN, LM, LMT = EncoderConfig(), IndexConfig, TrainConfig, LMConfig, LMTrainConfig  # default sources

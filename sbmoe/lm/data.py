@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, corrupt_artifact
 from ..data import BeirDataset, DatasetNotFoundError, search_roots
 
 
@@ -79,9 +79,16 @@ def train_tokenizer(texts: list[str], vocab_size: int, path: Path | None = None)
 
 
 def load_tokenizer(path: Path):
+    """The run's BPE tokenizer; a damaged file is one line (the tokenizers library raises a bare Exception)."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: tokenizer not found") from None
+        raise corrupt_artifact(path, "a tokenizers JSON file", exc, "it is the run's vocabulary: restore it, or "
+                               "delete the run folder and train again") from None
 
 
 def encode_stream(tokenizer, texts: list[str]) -> Tensor:

@@ -17,12 +17,13 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, corrupt_artifact, read_checkpoint
 from .data import LMCorpus
 from .model import LMConfig, MoELM
 
 CHECKPOINT = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"
+CHECKPOINT_KIND = "an sbmoe LM checkpoint (model, config, history)"
 
 
 @dataclass
@@ -124,10 +125,13 @@ def load_trained(output: Path) -> TrainedLM:
     path = Path(output) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no LM checkpoint (train one with `sbmoe lm train`)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = MoELM(LMConfig(**state["config"]["model"]))
-    model.load_state_dict(state["model"])
-    return TrainedLM(model, state["history"], state["config"], state.get("step"))
+    state = read_checkpoint(path, CHECKPOINT_KIND, "rerun `sbmoe lm train` into this folder")
+    try:
+        model = MoELM(LMConfig(**state["config"]["model"]))
+        model.load_state_dict(state["model"])
+        return TrainedLM(model, state["history"], state["config"], state.get("step"))
+    except (KeyError, TypeError, RuntimeError) as exc:  # a checkpoint of another layout or shape
+        raise corrupt_artifact(path, CHECKPOINT_KIND, exc) from None
 
 
 def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[str, Any]]]:
@@ -141,12 +145,16 @@ def train_lm(config: LMTrainConfig, corpus: LMCorpus) -> tuple[MoELM, list[dict[
     start = 0
     checkpoint = Path(config.output) / CHECKPOINT if config.output else None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, history = state["step"], state["history"]
+        rebuild = "delete it to train from step 0"
+        state = read_checkpoint(checkpoint, CHECKPOINT_KIND, rebuild)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start, history = state["step"], state["history"]
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise corrupt_artifact(checkpoint, CHECKPOINT_KIND, exc, rebuild) from None
     elif config.init_from is not None:
         try:
             model.load_state_dict(load_trained(config.init_from).model.state_dict())

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, read_checkpoint, write_json
 from ..data import BeirDataset
 from ..lm.data import LMCorpus
 from ..lm.train import CHECKPOINT, TOKENIZER, load_trained
@@ -126,6 +126,7 @@ def load_quantized(folder: str | Path, packed: bool = True) -> nn.Module:
     folder = Path(folder)
     model = load_trained(folder).model if model_kind(folder) == "lm" else load_encoder(EncoderConfig(model=str(folder)))
     if packed:
-        install_packed(model, torch.load(folder / PACKED, weights_only=True))
+        install_packed(model, read_checkpoint(folder / PACKED, "packed quantised weights",
+                                              "rerun `sbmoe quantize` into this folder"))
     model.eval()
     return model
