@@ -164,7 +164,10 @@ class DenseIndex:
     def save(self, path: Path, overwrite: bool = False) -> Path:
         """Write the three files into a temporary folder and rename it to ``path``."""
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            with open(tmp / INDEX_FILE, "wb") as handle:  # through Python: faiss's fwrite ignores a full disk
+                writer = faiss.PyCallbackIOWriter(handle.write)
+                faiss.write_index(self.index, writer)
+                del writer
             (tmp / IDS_FILE).write_text("".join(f"{d}\n" for d in self.doc_ids), encoding="utf-8")
             (tmp / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2) + "\n", encoding="utf-8")
         return Path(path)

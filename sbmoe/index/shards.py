@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, reason_of
 from ..data import BeirDataset, DataFormatError
 from .faiss_index import DenseIndex, IndexMeta, IndexMismatchError, new_faiss_index
 
@@ -57,17 +57,23 @@ def read_shard(folder: Path, number: int, manifest: ShardManifest) -> tuple[list
     vectors_path, ids_path, marker_path = shard_paths(folder, number)
     if not marker_path.exists():
         return None
-    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    redo = f"delete {marker_path} and rerun to encode that chunk again"
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+        if not isinstance(marker, dict):
+            raise ValueError(f"a JSON {type(marker).__name__}, not an object")
+    except ValueError as exc:
+        raise ShardError(f"{marker_path}: not a shard marker ({reason_of(exc)}); {redo}") from None
     try:
         vectors = np.load(vectors_path, mmap_mode="r")
         ids = ids_path.read_text(encoding="utf-8").split("\n")[:-1]
     except (OSError, ValueError) as exc:
-        raise ShardError(f"{vectors_path}: unreadable shard ({exc})") from None
+        raise ShardError(f"{vectors_path}: unreadable shard ({reason_of(exc)}); {redo}") from None
     expected = (marker.get("rows"), manifest.dim, manifest.dtype)
     if (vectors.shape[0], vectors.shape[1] if vectors.ndim == 2 else None, str(vectors.dtype)) != expected \
             or len(ids) != marker.get("rows"):
         raise ShardError(f"{vectors_path}: shape {vectors.shape} / {vectors.dtype} / {len(ids)} ids do not match "
-                         f"its marker ({marker.get('rows')} rows, dim {manifest.dim}, {manifest.dtype})")
+                         f"its marker ({marker.get('rows')} rows, dim {manifest.dim}, {manifest.dtype}); {redo}")
     return ids, vectors
 
 
@@ -129,7 +135,7 @@ def _encode_missing_shards(
                 continue
             vectors = encode([doc.as_text() for doc in chunk]).astype(manifest.dtype)
             vectors_path, ids_path, marker_path = shard_paths(folder, number)
-            with atomic_file(vectors_path, "wb") as handle:
+            with atomic_file(vectors_path, "wb", needed=vectors.nbytes) as handle:
                 np.save(handle, vectors)
             with atomic_file(ids_path) as handle:
                 handle.write("".join(f"{doc.doc_id}\n" for doc in chunk))
