@@ -16,6 +16,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
 from .aliases import ModelLoadError, offline_models, resolve_model_name
+from .model_files import damaged_file
 from .onnx_backend import BACKENDS, use_onnx
 from .pipeline import replace_pooling, set_normalize
 
@@ -70,7 +71,12 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         else:
             model = SentenceTransformer(target, device=config.device or "cpu",
                                         trust_remote_code=is_local and needs_sbmoe_code(target))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        damaged = damaged_file(Path(target)) if is_local else None
+        if damaged is not None:  # a stored file that does not parse: name it, whatever the library raised
+            raise damaged from None
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
         offline = ", ".join(offline_models()) or "none"
         raise ModelLoadError(
             f"cannot load model {config.model!r} ({target}): {str(exc).splitlines()[0]} "

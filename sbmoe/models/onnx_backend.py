@@ -17,6 +17,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
 
+from ..atomic import corrupt_artifact
 from ..data import cache_root
 from .fingerprint import model_fingerprint
 from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE, export_transformer, quantize_int8
@@ -45,7 +46,13 @@ class OnnxTransformer(nn.Module):
         # the CPU arena stays on: with batches bounded by a token budget it holds one batch's buffers, and
         # without it every op allocates afresh (A/B on 500 SciFact docs, 2 threads: fp32 27.0 -> 28.5 docs/s,
         # int8 49.1 -> 53.6, peak RSS unchanged at ~0.9 GB)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) share no base
+            cached = cache_root() in Path(path).absolute().parents
+            rebuild = f"delete {Path(path).parent} (sbmoe's cache) to export it again" if cached else \
+                "rerun `sbmoe export` to write the folder again"
+            raise corrupt_artifact(path, "a valid ONNX graph", exc, rebuild) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = Path(path)
         with self.path.open("rb") as graph:  # streamed: the graph is never held in memory twice
