@@ -4,6 +4,7 @@ half-written file or folder behind; and the two faults of such files as one-line
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -72,6 +73,14 @@ def is_write_fault(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, FileExistsError)):
         return False
     return isinstance(exc, OSError) or bool(_NATIVE_WRITE_FAULT.search(str(exc)))
+
+
+def is_disk_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system refusing bytes (full, over quota, too large, read-only), wherever it
+    was raised; stricter than ``is_write_fault``, for code that also reads."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    return bool(_NATIVE_WRITE_FAULT.search(str(exc)))
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from .. import distributed
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, corrupt_artifact, is_disk_fault, write_failed
 from ..data import BeirDataset, DataFormatError
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_texts
@@ -84,6 +84,16 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         elif distributed.is_main():
             shutil.rmtree(path, ignore_errors=True)
     return complete
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a trainer checkpoint was saved at; a damaged trainer_state.json is one line."""
+    path = checkpoint / "trainer_state.json"
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["global_step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise corrupt_artifact(path, "a trainer state (JSON with global_step)", exc,
+                               f"delete {checkpoint} to resume from the checkpoint before it") from None
 
 
 def train(config: TrainConfig) -> Path:
@@ -157,14 +167,20 @@ def train(config: TrainConfig) -> Path:
     position = 0
     if resume is not None:
         logger.warning("resuming from %s", resume)
-        position = json.loads((resume / "trainer_state.json").read_text())["global_step"] * global_batch
+        position = checkpoint_step(resume) * global_batch
     train_set = data.stream.dataset(position) if streaming else Dataset.from_dict(
         {"anchor": data.anchors, "positive": data.positives, "negative": data.negatives})
     trainer = SentenceTransformerTrainer(model=trainee, args=args, train_dataset=train_set, loss=loss,
                                          evaluator=evaluator, callbacks=callbacks)
     if streaming and resume is not None:
         trainer.add_callback(RestoreRngOnResume(trainer, resume))
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    except Exception as exc:
+        if not is_disk_fault(exc):
+            raise
+        last_complete_checkpoint(config.checkpoint_dir)  # removes the checkpoint whose save failed
+        raise write_failed(config.checkpoint_dir, exc) from None
     if not distributed.is_main():
         distributed.barrier()
         return output
