@@ -21,22 +21,48 @@ analytics), ``sbmoe.training`` (losses, trainer), ``sbmoe.moe`` (routers, expert
 (the MoE language-model testbed). The ``sbmoe`` command is a thin layer over these functions.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import exports_of, lazy_exports
+
 __version__ = "0.1.0"
 
-from .data import BeirDataset, load_queries, resolve_dataset  # noqa: E402
-from .evaluation.benchmark import EvalConfig, evaluate, evaluate_systems  # noqa: E402
-from .evaluation.metrics import evaluate_run  # noqa: E402
-from .evaluation.routing import RoutingConfig, routing_report  # noqa: E402
-from .evaluation.systems import SystemsConfig, build_systems  # noqa: E402
-from .index.builder import IndexConfig, build_index  # noqa: E402
-from .index.retriever import Retriever, search_to_trec  # noqa: E402
-from .models.encoder import EncoderConfig, load_encoder  # noqa: E402
-from .models.encoding import encode_corpus, encode_texts  # noqa: E402
-from .models.export import ExportConfig, export_model  # noqa: E402
-from .models.sbmoe_head import SBMoEHead  # noqa: E402
-from .runs import read_trec_run, write_trec_run  # noqa: E402
-from .training.config import TrainConfig  # noqa: E402
-from .training.trainer import train  # noqa: E402
+if TYPE_CHECKING:
+    from .data import BeirDataset, load_queries, resolve_dataset
+    from .evaluation.benchmark import EvalConfig, evaluate, evaluate_systems
+    from .evaluation.metrics import evaluate_run
+    from .evaluation.routing import RoutingConfig, routing_report
+    from .evaluation.systems import SystemsConfig, build_systems
+    from .index.builder import IndexConfig, build_index
+    from .index.retriever import Retriever, search_to_trec
+    from .models.encoder import EncoderConfig, load_encoder
+    from .models.encoding import encode_corpus, encode_texts
+    from .models.export import ExportConfig, export_model
+    from .models.sbmoe_head import SBMoEHead
+    from .runs import read_trec_run, write_trec_run
+    from .training.config import TrainConfig
+    from .training.trainer import train
+
+# Each name loads its submodule on first use, so ``import sbmoe`` (and the CLI) start without torch.
+_SUBMODULES = {
+    ".data": ("BeirDataset", "load_queries", "resolve_dataset"),
+    ".evaluation.benchmark": ("EvalConfig", "evaluate", "evaluate_systems"),
+    ".evaluation.metrics": ("evaluate_run",),
+    ".evaluation.routing": ("RoutingConfig", "routing_report"),
+    ".evaluation.systems": ("SystemsConfig", "build_systems"),
+    ".index.builder": ("IndexConfig", "build_index"),
+    ".index.retriever": ("Retriever", "search_to_trec"),
+    ".models.encoder": ("EncoderConfig", "load_encoder"),
+    ".models.encoding": ("encode_corpus", "encode_texts"),
+    ".models.export": ("ExportConfig", "export_model"),
+    ".models.sbmoe_head": ("SBMoEHead",),
+    ".runs": ("read_trec_run", "write_trec_run"),
+    ".training.config": ("TrainConfig",),
+    ".training.trainer": ("train",),
+}
+__getattr__, __dir__ = lazy_exports(__name__, exports_of(_SUBMODULES))
 
 __all__ = [
     "BeirDataset", "EncoderConfig", "EvalConfig", "ExportConfig", "IndexConfig", "Retriever", "RoutingConfig",

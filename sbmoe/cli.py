@@ -2,12 +2,17 @@
 
 Each command turns its options into the API's config dataclass and calls one public function; option
 defaults are read from those dataclasses, so the API defines every default once.
+
+Start-up stays under a second: at module level this file imports only torch-free modules (config
+dataclasses, choices, error classes); each command imports the heavy code it runs (torch,
+sentence-transformers, faiss) inside its function. ``tests/test_lazy_imports.py`` holds every command to it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,22 +33,17 @@ from .evaluation.routing import RoutingConfig, routing_report
 from .evaluation.systems import SystemsConfig
 from .index.builder import IndexConfig, build_index
 from .index.faiss_index import INDEX_TYPES, IndexMismatchError, IndexType
-from .index.retriever import search_to_trec
 from .index.shards import SHARD_DTYPES, ShardError
+from .lm.config import PSR_FRACTION, LMConfig, LMTrainConfig
 from .lm.data import CORPORA
-from .lm.model import PSR_FRACTION, LMConfig
-from .lm.train import LMTrainConfig, evaluate_saved, train_and_evaluate
 from .memory import return_freed_tensors
 from .models.aliases import ALIASES, ModelLoadError
+from .models.choices import BACKENDS, GATES, MOE_CHOICES
 from .models.encoder import EncoderConfig, set_threads
 from .models.export import EXPORT_FORMATS, ExportConfig, export_model
-from .models.onnx_backend import BACKENDS
-from .models.quantize import quantize_model
-from .models.sbmoe_head import GATES, MOE_CHOICES
 from .moe.quant.config import QUANT_METHODS, QuantConfig
 from .runs import DEFAULT_DEPTH
 from .training.config import TrainConfig
-from .training.trainer import train
 
 app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, index, search, evaluate.",
                   no_args_is_help=True, add_completion=False)
@@ -76,9 +76,21 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return_freed_tensors()  # a command encodes thousands of batches of changing shapes: keep the heap bounded
     if not verbose:
-        from transformers.utils import logging as hf_logging
+        hide_library_progress_bars()
 
-        hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar; ours stay
+
+def hide_library_progress_bars() -> None:
+    """Hide transformers' per-load "Loading weights" bar (ours stay) without importing transformers here:
+    a command that needs no model (a warm eval) must not pay for it. Both libraries read the switch on import."""
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def split_list(text: str | None) -> list[str]:
@@ -175,6 +187,8 @@ def search(
                                        "built the index)."),
 ) -> None:
     """Search an index with a queries file or a dataset's queries; write a TREC run."""
+    from .index.retriever import search_to_trec
+
     set_threads(threads)
     run = search_to_trec(index_dir, queries, output, k, split, model, given(nprobe=nprobe, efSearch=ef_search),
                          batch_size, drop_self_hits, backend)
@@ -354,6 +368,8 @@ def train_command(
                          freeze_encoder=freeze_encoder, dev_fraction=dev_fraction, dev_max_rows=dev_max_rows,
                          eval_steps=eval_steps, save_steps=save_steps,
                          patience=patience, show_progress=progress(), overwrite=overwrite)
+    from .training.trainer import train
+
     saved = train(config)
     if is_main():
         typer.echo(f"saved {saved}")
@@ -400,6 +416,8 @@ def lm_train(
     threads: int | None = THREADS,
 ) -> None:
     """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
+    from .lm.train import train_and_evaluate
+
     set_threads(threads)
     model_config = LMConfig(vocab_size=vocab, seq_len=seq_len, n_layer=layers, d_model=d_model,
                             experts_per_layer=experts, expert_hidden=expert_hidden, top_k=top_k, pool=pool,
@@ -419,6 +437,8 @@ def lm_eval(
     threads: int | None = THREADS,
 ) -> None:
     """Perplexity of a trained LM on its corpus's held-out split and WikiText-2, with routing statistics."""
+    from .lm.train import evaluate_saved
+
     set_threads(threads)
     echo_lm_figures(evaluate_saved(output))
 
@@ -459,6 +479,8 @@ def quantize_command(
                          candidates=tuple(int(c) for c in split_list(candidates)), mxmoe_quantizer=quantizer,
                          weight=weight, granularity=granularity, attention=attention, calib_tokens=calib_tokens,
                          calib_texts=calib_texts, calib_data=calib_data, seed=seed, act_order=act_order)
+    from .models.quantize import quantize_model
+
     report = quantize_model(model, output, config, overwrite)
     typer.echo(f"quantized {report['blocks']} blocks ({report['quantized_parameters']:,} parameters) to "
                f"{report['average_bits']:.3f} average bits -> {output}")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import torch.distributed as dist
-
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -34,6 +32,8 @@ def init_process_group() -> bool:
     """Join torchrun's process group (gloo on CPU, NCCL on GPUs) if launched by it; True when distributed."""
     if world_size() <= 1:
         return False
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         import torch
 
@@ -45,5 +45,9 @@ def init_process_group() -> bool:
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
+    if world_size() <= 1:  # nothing to wait for, and no need to import torch.distributed
+        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -11,18 +11,19 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sentence_transformers import SentenceTransformer
 
 from ..atomic import atomic_file, write_json
 from ..data import BeirDataset
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
-from ..models.encoding import encode_corpus, encode_texts
-from ..models.pipeline import pooled_batches, pooling_prefix, sbmoe_heads
-from ..models.sbmoe_head import SBMoEHead
+
+if TYPE_CHECKING:  # torch and the encoder stack load with the model, not with RoutingConfig
+    from sentence_transformers import SentenceTransformer
+
+    from ..models.sbmoe_head import SBMoEHead
 
 
 @dataclass
@@ -80,14 +81,18 @@ def entropy(p: np.ndarray) -> float:
     return float(-(nz * np.log(nz)).sum())
 
 
-@torch.inference_mode()
 def route(head: SBMoEHead, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """The expert each pooled embedding is routed to under the head's inference mode (its top expert)."""
+    import torch
+
+    from ..models.pipeline import pooled_batches
+
     head.eval()
     out = []
     device = next(head.parameters()).device
-    for x in pooled_batches(pooled, batch_size, device):
-        out.append(head.route(x).indices[:, 0].cpu().numpy())
+    with torch.inference_mode():
+        for x in pooled_batches(pooled, batch_size, device):
+            out.append(head.route(x).indices[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -104,6 +109,9 @@ def co_routing(query_experts: dict[str, int], doc_experts: dict[str, int], qrels
 def dataset_routing(model: SentenceTransformer, dataset: BeirDataset, split: str | None, batch_size: int,
                     cache: CorpusEmbeddingCache | None, show_progress: bool) -> DatasetRouting:
     """Route a dataset's corpus and judged queries through the model's head(s)."""
+    from ..models.encoding import encode_corpus, encode_texts
+    from ..models.pipeline import pooling_prefix, sbmoe_heads
+
     heads = sbmoe_heads(model)
     if not heads:
         raise ValueError("model has no SB-MoE head to analyse (train one with `sbmoe train --moe top1`)")

@@ -6,19 +6,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-
-from sentence_transformers import SentenceTransformer
+from typing import TYPE_CHECKING
 
 from ..bm25.engines import BM25Config, Bm25sIndex, LuceneBM25, bm25_index_dir, engine_for
 from ..bm25.fusion import fuse
 from ..data import BeirDataset
 from ..index.faiss_index import DenseIndex, index_meta_for
-from ..index.retriever import Retriever
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
-from ..models.encoding import encode_corpus
-from ..models.pipeline import apply_after_pooling, pooling_prefix
 from ..runs import Run
+
+if TYPE_CHECKING:  # the encoder stack loads when a dense system first runs, not with SystemsConfig
+    from sentence_transformers import SentenceTransformer
 
 # A system retrieves: (dataset, queries, k) -> run.
 SystemFn = Callable[[BeirDataset, dict[str, str], int], Run]
@@ -37,6 +36,10 @@ def dense_system(
     applied on top at each call, so evaluating the same model under several head modes, or several heads
     on one frozen encoder, encodes each corpus once.
     """
+    from ..index.retriever import Retriever
+    from ..models.encoding import encode_corpus
+    from ..models.pipeline import apply_after_pooling, pooling_prefix
+
     model = model if model is not None else load_encoder(config)
     cache = CorpusEmbeddingCache() if use_cache else None
     prefix = pooling_prefix(model) if cache_pooled else None

@@ -7,18 +7,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from .. import distributed
 from ..data import BeirDataset
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
-from ..models.encoding import embedding_key, encode_texts
 from .faiss_index import DenseIndex, index_meta_for
 from .shards import SHARD_DTYPES, ShardManifest, encode_to_shards, index_from_shards, iter_shards
+
+if TYPE_CHECKING:  # the encoder stack loads with the first model, not with IndexConfig
+    from sentence_transformers import SentenceTransformer
 
 
 @contextmanager
@@ -27,6 +28,8 @@ def corpus_encoder(model: SentenceTransformer, batch_size: int,
     """A texts -> embeddings function: in this process, or over several devices through
     sentence-transformers' multi-process pool (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``)."""
     if len(devices) <= 1:
+        from ..models.encoding import encode_texts
+
         if devices:
             model.to(devices[0])
         yield lambda texts: encode_texts(model, texts, batch_size, task="document")
@@ -78,6 +81,8 @@ def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -
         raise ValueError(f"unknown shard dtype {config.shard_dtype!r}; choose one of {', '.join(SHARD_DTYPES)}")
     if config.chunk_size < 1:
         raise ValueError(f"chunk size must be positive, got {config.chunk_size}")
+    from ..models.encoding import embedding_key
+
     dataset = BeirDataset.open(config.dataset)
     model = model if model is not None else load_encoder(config.encoder)
     meta = index_meta_for(model, config.encoder.model, config.factory)

@@ -10,17 +10,16 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from .. import __version__
 from ..atomic import atomic_dir
-from ..models.fingerprint import model_fingerprint
-from ..models.onnx_backend import backend_of
-from ..models.pipeline import normalizes, pooling_mode
+
+if TYPE_CHECKING:  # faiss and the encoder stack load when an index is built or read, not with IndexType
+    import faiss
+    from sentence_transformers import SentenceTransformer
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.faiss"
@@ -67,6 +66,8 @@ class IndexMeta:
 
 def read_faiss_file(path: Path) -> faiss.Index:
     """``faiss.read_index`` with its C++ error (truncated file, another format) turned into one line."""
+    import faiss
+
     try:
         return faiss.read_index(str(path))
     except RuntimeError as exc:
@@ -103,6 +104,10 @@ def factory_string(kind: str, **shape: int) -> str:
 
 
 def index_meta_for(model: SentenceTransformer, model_name: str, factory: str = "Flat") -> IndexMeta:
+    from ..models.fingerprint import model_fingerprint
+    from ..models.onnx_backend import backend_of
+    from ..models.pipeline import normalizes, pooling_mode
+
     return IndexMeta(
         model=model_name,
         model_fingerprint=model_fingerprint(model),
@@ -121,6 +126,8 @@ def new_faiss_index(dim: int, factory: str, build_params: dict[str, Any] | None 
 
     The one place an index is created: in-memory builds, builds from shards and the benchmark use it.
     """
+    import faiss
+
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     for name, value in (build_params or {}).items():
         if name != "efConstruction":
@@ -163,6 +170,8 @@ class DenseIndex:
 
     def save(self, path: Path, overwrite: bool = False) -> Path:
         """Write the three files into a temporary folder and rename it to ``path``."""
+        import faiss
+
         with atomic_dir(Path(path), overwrite=overwrite) as tmp:
             with open(tmp / INDEX_FILE, "wb") as handle:  # through Python: faiss's fwrite ignores a full disk
                 writer = faiss.PyCallbackIOWriter(handle.write)
@@ -202,6 +211,8 @@ class DenseIndex:
     def apply_search_params(self, params: dict[str, Any]) -> None:
         """Set faiss search-time parameters such as ``nprobe`` or ``efSearch``."""
         if params:
+            import faiss
+
             space = faiss.ParameterSpace()
             for name, value in params.items():
                 try:

@@ -12,9 +12,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads when a corpus is tokenized, not when ``CORPORA`` is listed
+    import torch
+    from torch import Tensor
 
 from ..atomic import atomic_file, corrupt_artifact
 from ..data import BeirDataset, DatasetNotFoundError, search_roots
@@ -98,6 +100,8 @@ def encode_stream(tokenizer, texts: list[str]) -> Tensor:
     for encoding in tokenizer.encode_batch(texts):
         ids.extend(encoding.ids)
         ids.append(eot)
+    import torch
+
     return torch.tensor(ids, dtype=torch.int32)
 
 
@@ -125,6 +129,8 @@ class LMCorpus:
                    tokenizer.get_vocab_size())
 
     def batch(self, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        import torch
+
         starts = torch.randint(0, len(self.train) - seq_len - 1, (batch_size,), generator=generator)
         windows = torch.stack([self.train[s:s + seq_len + 1] for s in starts.tolist()]).long()
         return windows[:, :-1], windows[:, 1:]

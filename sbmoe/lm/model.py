@@ -11,7 +11,6 @@ With ``pregate`` every block after the first routes from the previous block's Mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,42 +18,10 @@ from torch import Tensor, nn
 
 from ..moe.moe_layer import ExpertFFNBank, MoEFeedForward, RoutingStats
 from ..moe.pregate import PreGatedMoEFeedForward
-from ..moe.rexmoe import POOL_MODES, PSR_SCHEDULES, layer_candidates, pool_balance_loss, psr_mask
+from ..moe.rexmoe import layer_candidates, pool_balance_loss, psr_mask
+from .config import PSR_FRACTION, LMConfig
 
-PSR_FRACTION = 0.5  # default share of training over which PSR unmasks, when a PSR schedule is chosen
-
-
-@dataclass
-class LMConfig:
-    vocab_size: int = 4096
-    seq_len: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    dropout: float = 0.0
-    experts_per_layer: int = 8
-    expert_hidden: int = 128
-    top_k: int = 2
-    expert_kind: str = "swiglu"
-    pool: str = "local"  # local | group | sliding
-    reuse: int = 1  # r: layers whose experts a router may choose
-    psr_fraction: float = 0.0  # unmask non-local candidates over this share of training
-    psr_schedule: str = "none"  # none | linear | step
-    aux_loss_weight: float = 0.01
-    z_loss_weight: float = 0.001
-    pregate: bool = False  # block l's router reads block l-1's MoE input (Pre-gated MoE)
-
-    def __post_init__(self) -> None:
-        if self.pool not in POOL_MODES:
-            raise ValueError(f"unknown expert pool {self.pool!r}; choose one of {', '.join(POOL_MODES)}")
-        if self.psr_schedule not in PSR_SCHEDULES:
-            raise ValueError(f"unknown PSR schedule {self.psr_schedule!r}; choose one of {', '.join(PSR_SCHEDULES)}")
-        if self.reuse < 1 or (self.pool == "local") != (self.reuse == 1):
-            raise ValueError(f"pool {self.pool!r} with reuse {self.reuse}: local pools take reuse 1, "
-                             "ReXMoE pools reuse >= 2")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-
+__all__ = ["PSR_FRACTION", "Block", "CausalSelfAttention", "LMConfig", "MoELM"]
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: LMConfig) -> None:

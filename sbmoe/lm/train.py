@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,35 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_file, corrupt_artifact, read_checkpoint
+from .config import LMConfig, LMTrainConfig
 from .data import LMCorpus
-from .model import LMConfig, MoELM
+from .model import MoELM
 
 CHECKPOINT = "checkpoint.pt"
 TOKENIZER = "tokenizer.json"
 CHECKPOINT_KIND = "an sbmoe LM checkpoint (model, config, history)"
-
-
-@dataclass
-class LMTrainConfig:
-    model: LMConfig = field(default_factory=LMConfig)
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.1
-    eval_every: int = 100
-    eval_batches: int = 16
-    seed: int = 0
-    output: Path | None = None  # checkpoints (and resume) when set
-    show_progress: bool = True
-    stop_on_convergence: bool = False  # end before ``steps`` once ``converged`` holds
-    convergence_window: float = 0.2  # ... over this last share of steps
-    convergence_tolerance: float = 0.01  # ... validation PPL improved by less than this (relative)
-    min_steps: int = 0  # the rule is not applied before this step
-    time_limit_s: float | None = None  # stop after the first checkpoint past this many seconds (resumable)
-    init_from: Path | None = None  # start from this run folder's weights (e.g. a baseline -> pre-gated)
-    device: str = "cpu"  # where the model trains ("cuda" on a GPU); checkpoints are written device-free
-    corpus: str = "scifact"  # the text it trains on (``sbmoe.lm.data.CORPORA``), kept in the checkpoint
 
 
 def converged(history: list[dict[str, Any]], window: float = 0.2, tolerance: float = 0.01,

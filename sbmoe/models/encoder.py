@@ -10,15 +10,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from typing import TYPE_CHECKING
 
 from .aliases import ModelLoadError, offline_models, resolve_model_name
+from .choices import BACKENDS
 from .model_files import damaged_file
-from .onnx_backend import BACKENDS, use_onnx
-from .pipeline import replace_pooling, set_normalize
+
+if TYPE_CHECKING:  # torch and sentence-transformers load on the first encoder, not with the config
+    from sentence_transformers import SentenceTransformer
 
 POOLING_MODES = ("mean", "cls", "max")
 
@@ -63,6 +62,11 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         raise ModelLoadError(f"unknown pooling {config.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
     if config.backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+    from sentence_transformers import SentenceTransformer
+
+    from .onnx_backend import use_onnx
+    from .pipeline import replace_pooling, set_normalize
+
     target = resolve_model_name(config.model)
     is_local = Path(target).exists()
     try:
@@ -95,6 +99,10 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
 
 
 def _plain_hf_encoder(path: str, config: EncoderConfig) -> SentenceTransformer:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
     transformer = Transformer(path, max_seq_length=config.max_length)
     dim = transformer.get_embedding_dimension()
     modules: list[torch.nn.Module] = [transformer, Pooling(dim, pooling_mode=config.pooling or "mean")]
@@ -106,5 +114,7 @@ def _plain_hf_encoder(path: str, config: EncoderConfig) -> SentenceTransformer:
 def set_threads(threads: int | None) -> None:
     """Pin torch's intra-op threads (benchmarks compare at equal thread counts)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))

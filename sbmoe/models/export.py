@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..atomic import atomic_dir
 from .encoder import EncoderConfig, load_encoder
-from .onnx_export import QUANTIZE_CHOICES, write_onnx_files
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ def export_model(config: ExportConfig) -> Path:
     The folder still loads with the torch backend (and in plain sentence-transformers); ``--backend onnx``
     (or ``onnx-int8``) then uses the graph in it instead of exporting on the fly.
     """
+    from .onnx_export import QUANTIZE_CHOICES, write_onnx_files
+
     if config.format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {config.format!r}; choose {', '.join(EXPORT_FORMATS)}")
     if config.quantize not in (None, *QUANTIZE_CHOICES):

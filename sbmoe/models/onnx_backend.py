@@ -19,10 +19,10 @@ from torch import nn
 
 from ..atomic import corrupt_artifact
 from ..data import cache_root
+from .choices import BACKENDS
 from .fingerprint import model_fingerprint
 from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE, export_transformer, quantize_int8
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 _FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
 
 

@@ -34,18 +34,9 @@ from torch import Tensor
 
 from ..moe.experts import ExpertBank
 from ..moe.router import NoisyTopKRouter, RouterOutput
+from .choices import GATES, INFERENCE_MODES, MOE_CHOICES, TRAINABLE_GATES
 
-INFERENCE_MODES = ("top1", "all", "random")
-MOE_CHOICES = ("none", *INFERENCE_MODES)  # ``sbmoe train --moe``: no head, or the head's inference mode
-# gate formulation -> (router mode in training, router mode for top-1 inference, weight outside normalize?)
-GATES: dict[str, tuple[str, str, bool]] = {
-    "paper": ("top1", "top1", False),
-    "scaled": ("top1", "top1", True),
-    "dense": ("all", "top1", True),
-    "straight_through": ("straight_through", "straight_through", True),
-    "gumbel": ("gumbel", "straight_through", True),
-}
-TRAINABLE_GATES = tuple(g for g in GATES if g != "paper")
+__all__ = ["GATES", "INFERENCE_MODES", "MOE_CHOICES", "TRAINABLE_GATES", "SBMoEHead"]
 
 
 class SBMoEHead(Module):

@@ -18,11 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..lm.config import POOL_MODES, PSR_SCHEDULES
 from .moe_layer import MoEFeedForward
 from .router import switch_load_balancing_loss
-
-POOL_MODES = ("local", "group", "sliding")
-PSR_SCHEDULES = ("none", "linear", "step")
 
 
 def layer_experts(layer: int, experts_per_layer: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models.sbmoe_head import GATES, MOE_CHOICES
+from ..models.choices import GATES, MOE_CHOICES
 
 DEFAULT_BALANCE_WEIGHT = 0.05  # Switch load-balancing weight for trainable gates
 

@@ -18,8 +18,6 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from .blocks import LinearBlock, average_bits, tie_units
 
-GRANULARITIES = ("linear", "expert")
-
 
 @dataclass
 class CostModel:

@@ -1,13 +1,13 @@
-"""Settings of ``sbmoe quantize`` and of the library calls behind it, defined once."""
+"""Settings of ``sbmoe quantize`` and of the library calls behind it, defined once (and importable without
+torch or scipy, so the command line shows them before anything heavy loads)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .allocation import GRANULARITIES
-from .rtn import MAX_BITS, MIN_BITS
-
 QUANT_METHODS = ("rtn", "gptq", "mxmoe")
+GRANULARITIES = ("linear", "expert")  # MxMoE: one width per linear block, or per expert
+MIN_BITS, MAX_BITS = 1, 8  # the widths the quantisers (``rtn``, ``gptq``, ``packing``) support
 
 
 @dataclass

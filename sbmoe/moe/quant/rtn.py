@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MIN_BITS, MAX_BITS = 1, 8
+from .config import MAX_BITS, MIN_BITS
 
 
 def check_bits(bits: int) -> int:
