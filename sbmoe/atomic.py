@@ -55,7 +55,8 @@ def free_bytes(path: Path) -> int | None:
 
 def write_failed(path: Path, exc: BaseException, needed: int | None = None) -> WriteFailedError:
     """One line for a failed write: the path, why, the bytes needed where known and the bytes free."""
-    why = getattr(exc, "strerror", None) or reason_of(exc)
+    cause = _os_error_in_chain(exc)
+    why = (cause.strerror if cause is not None else None) or reason_of(exc)
     free = free_bytes(path)
     sizes = [f"{needed:,} bytes needed"] if needed else []
     sizes += [f"{free:,} bytes free"] if free is not None else []
@@ -70,16 +71,28 @@ def is_write_fault(exc: BaseException) -> bool:
     FileNotFoundError and FileExistsError keep their own meaning (a missing input, an existing output);
     a native writer's error counts when its message carries an OS write error.
     """
-    if isinstance(exc, (FileNotFoundError, FileExistsError)):
-        return False
-    return isinstance(exc, OSError) or bool(_NATIVE_WRITE_FAULT.search(str(exc)))
+    cause = _os_error_in_chain(exc)
+    if cause is not None:
+        return not isinstance(cause, (FileNotFoundError, FileExistsError))
+    return bool(_NATIVE_WRITE_FAULT.search(str(exc)))
+
+
+def _os_error_in_chain(exc: BaseException) -> OSError | None:
+    """``exc`` or the OSError it was raised over (torch's zip writer masks a full disk with its own error)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def is_disk_fault(exc: BaseException) -> bool:
     """Whether ``exc`` is the file system refusing bytes (full, over quota, too large, read-only), wherever it
     was raised; stricter than ``is_write_fault``, for code that also reads."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    cause = _os_error_in_chain(exc)
+    if cause is not None:
+        return cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
     return bool(_NATIVE_WRITE_FAULT.search(str(exc)))
 
 
