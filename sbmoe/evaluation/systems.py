@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from ..bm25.engines import BM25Config, Bm25sIndex, LuceneBM25, bm25_index_dir, engine_for
 from ..bm25.fusion import fuse
 from ..data import BeirDataset
-from ..index.faiss_index import DenseIndex, index_meta_for
-from ..models.embedding_cache import CorpusEmbeddingCache
+from ..index.faiss_index import DenseIndex, IndexMeta, index_meta_for
+from ..models.embedding_cache import CorpusEmbeddingCache, EncoderFacts, EncoderMemo, queries_fingerprint
 from ..models.encoder import EncoderConfig, load_encoder
 from ..runs import Run
 
@@ -30,33 +30,83 @@ def dense_system(
     model: SentenceTransformer | None = None,
     cache_pooled: bool = False,
 ):
-    """A retrieval function for ``evaluate_systems``: exact search with one encoder, loaded once.
+    """A retrieval function for ``evaluate_systems``: exact search with one encoder, loaded once, on first need.
+
+    With the cache, corpus and query embeddings are read back from it; when both are there (a repeated
+    evaluation) the encoder is not loaded at all: ``EncoderMemo`` gives the cache keys of a model folder
+    loaded before. The numbers are the cold run's: the same float32 embeddings, the same exact search.
 
     With ``cache_pooled`` the cache holds the pooled embeddings (before any SB-MoE head) and the head is
     applied on top at each call, so evaluating the same model under several head modes, or several heads
     on one frozen encoder, encodes each corpus once.
     """
-    from ..index.retriever import Retriever
-    from ..models.encoding import encode_corpus
-    from ..models.pipeline import apply_after_pooling, pooling_prefix
-
-    model = model if model is not None else load_encoder(config)
     cache = CorpusEmbeddingCache() if use_cache else None
-    prefix = pooling_prefix(model) if cache_pooled else None
+    memo = EncoderMemo() if use_cache and model is None else None
+    state: dict = {"model": model, "facts": None}
+
+    def encoder() -> SentenceTransformer:
+        if state["model"] is None:
+            state["model"] = load_encoder(config)
+        return state["model"]
+
+    def facts() -> EncoderFacts:
+        """The encoder's cache keys and index metadata: from the memo when it knows the folder, else loaded."""
+        if state["facts"] is None or model is not None:  # a caller's model may change between calls
+            known = memo.get(config) if memo is not None else None
+            state["facts"] = known or EncoderFacts.of(encoder())
+            if memo is not None and known is None:
+                memo.put(config, state["facts"])
+        return state["facts"]
 
     def retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
-        if prefix is None:
-            retriever = Retriever.from_dataset(model, dataset, config.batch_size, cache, show_progress,
-                                               config.model)
-        else:
-            doc_ids, pooled = encode_corpus(prefix, dataset, config.batch_size, cache=cache,
-                                            show_progress=show_progress)
-            index = DenseIndex.from_embeddings(apply_after_pooling(model, pooled), doc_ids,
-                                               index_meta_for(model, config.model))
-            retriever = Retriever(model, index, config.batch_size)
-        return retriever.search(queries, k, drop_self_hits=dataset.drop_self_hits)
+        from ..models.encoding import encode_corpus, encode_texts
 
+        if cache_pooled:
+            return pooled_retrieve(dataset, queries, k)
+        hit = cache.get(facts().key(dataset.corpus_fingerprint())) if cache is not None else None
+        doc_ids, embeddings = hit or encode_corpus(encoder(), dataset, config.batch_size, cache=cache,
+                                                   show_progress=show_progress)
+        index = DenseIndex.from_embeddings(embeddings, doc_ids, index_meta(facts(), config.model))
+        qids = list(queries)
+        query_key = facts().key(queries_fingerprint(queries))
+        query_hit = cache.get(query_key) if cache is not None else None
+        if query_hit is not None and query_hit[0] == qids:
+            query_embeddings = query_hit[1]
+        else:
+            query_embeddings = encode_texts(encoder(), [queries[q] for q in qids], config.batch_size, task="query")
+            if cache is not None and qids:
+                cache.put(query_key, qids, query_embeddings)
+        return index.run(qids, query_embeddings, k, drop_self_hits=dataset.drop_self_hits)
+
+    def pooled_retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
+        from ..index.retriever import Retriever
+        from ..models.encoding import encode_corpus
+        from ..models.pipeline import apply_after_pooling, pooling_prefix
+
+        doc_ids, pooled = encode_corpus(pooling_prefix(encoder()), dataset, config.batch_size, cache=cache,
+                                        show_progress=show_progress)
+        index = DenseIndex.from_embeddings(apply_after_pooling(encoder(), pooled), doc_ids,
+                                           index_meta_for(encoder(), config.model))
+        return Retriever(encoder(), index, config.batch_size).search(queries, k, drop_self_hits=dataset.drop_self_hits)
+
+    def describe() -> dict:
+        """Provenance of the system: the encoder's fingerprint and settings, known without loading it."""
+        known = facts()
+        loaded = state["model"]
+        return {"model": config.model, "fingerprint": known.model_fingerprint, "backend": config.backend,
+                "device": str(loaded.device) if loaded is not None else None, "pooling": config.pooling,
+                "max_length": known.max_length, "normalize": config.normalize}
+
+    retrieve.describe = describe  # type: ignore[attr-defined]
+    retrieve.encoder_config = config  # type: ignore[attr-defined]
     return retrieve
+
+
+def index_meta(facts: EncoderFacts, model_name: str, factory: str = "Flat") -> IndexMeta:
+    """What ``index_meta_for`` records of a loaded model, from its facts (no weights needed)."""
+    return IndexMeta(model=model_name, model_fingerprint=facts.model_fingerprint, pooling=facts.pooling,
+                     dim=facts.dim, normalize=facts.normalize, count=0, max_length=facts.max_length, factory=factory,
+                     backend=facts.backend)
 
 
 def bm25_system(config: BM25Config | None = None):

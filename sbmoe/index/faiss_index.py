@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_dir
+from ..runs import Run, SelfHits, top_hits
 
 if TYPE_CHECKING:  # faiss and the encoder stack load when an index is built or read, not with IndexType
     import faiss
@@ -230,3 +232,13 @@ class DenseIndex:
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
         return scores, ids
+
+    def run(self, qids: Sequence[str], embeddings: np.ndarray, k: int, drop_self_hits: SelfHits = False) -> Run:
+        """{query id: {doc id: score}} for query embeddings (rows in ``qids`` order), the top ``k`` of each.
+
+        With ``drop_self_hits`` one more hit is fetched and a document whose id is the query's is skipped
+        (BEIR's convention). Shared by ``Retriever.search`` and the evaluation's cached-embedding path.
+        """
+        scores, ids = self.search(embeddings, k + 1 if drop_self_hits else k)
+        return {qid: top_hits(zip(row_ids, map(float, row_scores), strict=False), qid, k, drop_self_hits)
+                for qid, row_scores, row_ids in zip(qids, scores, ids, strict=True)}

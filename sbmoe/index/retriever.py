@@ -14,7 +14,7 @@ from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_corpus, encode_texts
 from ..models.fingerprint import model_fingerprint
-from ..runs import DEFAULT_DEPTH, Run, SelfHits, top_hits, write_trec_run
+from ..runs import DEFAULT_DEPTH, Run, SelfHits, write_trec_run
 from .faiss_index import DenseIndex, index_meta_for
 
 logger = logging.getLogger(__name__)
@@ -64,23 +64,23 @@ class Retriever:
         return encode_texts(self.model, texts, self.batch_size, task="query")
 
     def search(
-        self, queries: Mapping[str, str] | Sequence[str], k: int = DEFAULT_DEPTH, drop_self_hits: SelfHits = False
+        self, queries: Mapping[str, str] | Sequence[str] | str, k: int = DEFAULT_DEPTH,
+        drop_self_hits: SelfHits = False,
     ) -> Run:
         """Top-``k`` documents for each query as {query id: {doc id: score}}.
 
-        A plain list of query strings gets ids "0", "1", .... With ``drop_self_hits`` a document whose
-        id equals the query id is removed and one more hit is fetched in its place (BEIR's convention);
+        One query string, or a plain list of them, gets ids "0", "1", .... With ``drop_self_hits`` a document
+        whose id equals the query id is removed and one more hit is fetched in its place (BEIR's convention);
         a set of query ids limits that to those queries.
         """
+        if isinstance(queries, str):
+            queries = [queries]
         if not isinstance(queries, Mapping):
             queries = {str(i): text for i, text in enumerate(queries)}
         if not queries:
             return {}
         qids = list(queries)
-        embeddings = self.encode_queries([queries[q] for q in qids])
-        scores, ids = self.index.search(embeddings, k + 1 if drop_self_hits else k)
-        return {qid: top_hits(zip(row_ids, map(float, row_scores), strict=False), qid, k, drop_self_hits)
-                for qid, row_scores, row_ids in zip(qids, scores, ids, strict=True)}
+        return self.index.run(qids, self.encode_queries([queries[q] for q in qids]), k, drop_self_hits)
 
 
 def search_to_trec(index_dir: Path, queries: str, output: Path, k: int = DEFAULT_DEPTH, split: str | None = None,

@@ -6,14 +6,20 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import atomic_dir, reason_of
+from ..atomic import atomic_dir, reason_of, write_json
 from ..data import cache_root
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .encoder import EncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +94,101 @@ class CorpusEmbeddingCache:
                 raise ValueError(f"{offset} embeddings written for {rows} expected rows")
             (tmp / "key.json").write_text(json.dumps(asdict(key), indent=2), encoding="utf-8")
         return folder
+
+
+def queries_fingerprint(queries: Mapping[str, str]) -> str:
+    """Content hash of a query set, ids and texts in order; the ``corpus_fingerprint`` of a queries entry.
+
+    The ``queries:`` prefix keeps a query entry from ever sharing a key with a corpus: queries take the
+    query route of a model with separate heads, documents the document route.
+    """
+    digest = hashlib.sha256(json.dumps(list(queries.items()), ensure_ascii=False).encode("utf-8"))
+    return f"queries:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class EncoderFacts:
+    """What a loaded encoder's embeddings depend on and look like: enough to key cache entries and to describe
+    an index over them (meta.json) without loading the weights again."""
+
+    model_fingerprint: str
+    pooling: str
+    max_length: int | None
+    dim: int
+    normalize: bool
+    backend: str
+
+    @classmethod
+    def of(cls, model: SentenceTransformer) -> EncoderFacts:
+        from .fingerprint import model_fingerprint
+        from .onnx_backend import backend_of
+        from .pipeline import normalizes, pooling_mode
+
+        return cls(model_fingerprint(model), pooling_mode(model), model.max_seq_length,
+                   model.get_embedding_dimension(), normalizes(model), backend_of(model))
+
+    def key(self, content_fingerprint: str) -> EmbeddingKey:
+        """The cache key of a corpus (``dataset.corpus_fingerprint()``) or query set (``queries_fingerprint``)."""
+        return EmbeddingKey(self.model_fingerprint, content_fingerprint, self.max_length, self.pooling)
+
+
+class EncoderMemo:
+    """Facts of encoders loaded before, keyed by the model folder's files (names, sizes, mtimes) and the loading
+    options, so that a warm ``sbmoe eval`` finds its cache entries without loading and hashing the weights.
+
+    Only local model folders under the torch backend are memoised: a hub id has no files here to watch, and an
+    ONNX backend may export its graph on load. Any change to the folder's files gives a new signature (a miss).
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_root() / "encoders"
+
+    def get(self, config: EncoderConfig) -> EncoderFacts | None:
+        signature = encoder_signature(config)
+        if signature is None:
+            return None
+        try:
+            raw = json.loads((self.root / f"{signature}.json").read_text(encoding="utf-8"))
+            return EncoderFacts(**raw)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, OSError) as exc:  # a damaged entry is a miss; the next load rewrites it
+            logger.warning("encoder memo %s unreadable (%s): the model is loaded", signature, reason_of(exc))
+            return None
+
+    def put(self, config: EncoderConfig, facts: EncoderFacts) -> None:
+        signature = encoder_signature(config)
+        if signature is not None:
+            write_json(self.root / f"{signature}.json", asdict(facts))
+
+
+def encoder_signature(config: EncoderConfig) -> str | None:
+    """sha256 of a local model folder's file list (path, size, mtime) and the options that change embeddings;
+    None where no such signature exists (hub ids, non-torch backends)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+    from .aliases import ModelLoadError, resolve_model_name
+
+    if config.backend != "torch":
+        return None
+    try:
+        folder = Path(resolve_model_name(config.model)).resolve()
+    except ModelLoadError:
+        return None
+    if not folder.is_dir():
+        return None
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            files.append([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns])
+    versions = {"sbmoe": __version__}
+    for package in ("sentence-transformers", "transformers", "torch"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    described = {"folder": str(folder), "files": files, "pooling": config.pooling, "max_length": config.max_length,
+                 "normalize": config.normalize, "backend": config.backend, "versions": versions}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()[:32]
