@@ -30,6 +30,7 @@ from .evaluation.benchmark import EvalConfig, evaluate
 from .evaluation.metrics import DEFAULT_METRICS, MetricError
 from .evaluation.report import format_leaderboard, format_metric_table
 from .evaluation.routing import RoutingConfig, routing_report
+from .evaluation.significance import CORRECTIONS, TESTS, SignificanceConfig
 from .evaluation.systems import SystemsConfig
 from .index.builder import IndexConfig, build_index
 from .index.faiss_index import INDEX_TYPES, IndexMismatchError, IndexType
@@ -117,6 +118,12 @@ THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
 SPLIT = typer.Option(None, help="With a dataset name: the qrels split whose queries to run.")
 BACKEND = typer.Option(ENC.backend, "--backend", help=f"{' | '.join(BACKENDS)}: torch, or ONNX Runtime on the CPU "
                        "(the model folder's onnx/ graph, else one exported into the cache).")
+SIG = SignificanceConfig()
+BASELINE = typer.Option(SIG.baseline, "--baseline", help="The system the others are tested against (default: the "
+                        "first).")
+TEST = typer.Option(SIG.test, "--test", help=f"Paired test over queries: {' | '.join(TESTS)}.")
+CORRECTION = typer.Option(SIG.correction, "--correction", help="Multiple-comparison correction over systems x "
+                          f"datasets x metrics: {' | '.join(CORRECTIONS)}.")
 SELF_HITS = typer.Option(None, "--drop-self-hits/--keep-self-hits",
                          help="Remove (or keep) a hit whose id equals the query id. Default: the registry's rule "
                          "for a known dataset; for another collection, dropped only for queries that are documents "
@@ -219,9 +226,15 @@ def evaluate_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     drop_self_hits: bool | None = SELF_HITS,
     backend: str = BACKEND,
+    baseline: str | None = BASELINE,
+    test: str = TEST,
+    correction: str = CORRECTION,
+    significance_alpha: float = typer.Option(SIG.alpha, "--significance-alpha",
+                                             help="A cell is marked when its corrected p-value is below this."),
 ) -> None:
     """Zero-shot evaluation on BEIR datasets: one table per system, and a leaderboard (markdown, PNG) when
-    several systems or datasets run."""
+    several systems or datasets run. With several systems, each is tested against the baseline per dataset
+    and metric (paired over queries); per-query scores go to eval.per_query.tsv, p-values to eval.json."""
     set_threads(threads)
     systems = SystemsConfig(models=split_list(model), bm25=bm25, hybrid=hybrid, fusion=fusion, alpha=alpha,
                             encoder=EncoderConfig(ENC.model, pooling, max_length, normalize, batch_size, device,
@@ -229,13 +242,60 @@ def evaluate_command(
                             bm25_config=BM25Config(**given(threads=threads)), use_cache=not no_cache,
                             show_progress=progress())
     metric_names = split_list(metrics)
+    tests = SignificanceConfig(baseline=baseline, test=test, correction=correction, alpha=significance_alpha)
     report = evaluate(EvalConfig(systems=systems, datasets=split_list(datasets), metrics=metric_names, split=split,
-                                 output_dir=output_dir, drop_self_hits=drop_self_hits))
+                                 output_dir=output_dir, drop_self_hits=drop_self_hits, significance=tests))
     for name in report.systems():
         typer.echo(f"\nsystem: {name}\n{format_metric_table(report, name)}")
     if len(report.systems()) > 1:
         typer.echo(f"\nleaderboard ({metric_names[0]})\n{format_leaderboard(report, metric_names[0])}")
+        echo_significance(report)
     typer.echo(f"\nresults: {output_dir / 'eval.json'}")
+
+
+def echo_significance(report: Any) -> None:
+    """The tests against the baseline and the legend of the marks (nothing without comparisons)."""
+    from .evaluation.report import format_significance
+
+    table = format_significance(report)
+    if table:
+        typer.echo(f"\nagainst the baseline\n{table}\n\n{report.significance.legend()}")
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    runs: list[str] = typer.Argument(None, help="TREC run files (any tool), each PATH or NAME=PATH."),
+    qrels: str = typer.Option(..., "--qrels", help="Dataset name or BEIR folder (its --split qrels), or a qrels "
+                              "file (BEIR TSV or TREC)."),
+    metrics: str = typer.Option(",".join(DEFAULT_METRICS), help="Comma-separated ir-measures names."),
+    split: str | None = typer.Option(None, help="With a dataset: the qrels split (default: its test split)."),
+    systems_from: Path | None = typer.Option(None, "--systems-from", help="Seed groups: a JSON file mapping "
+                                             "name -> list of run files, or a folder of per-system folders of "
+                                             "run files (one per seed)."),
+    fuse: str | None = typer.Option(None, "--fuse", help="rrf: add the reciprocal-rank fusion of the run files."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Write compare.json, compare.md and "
+                                           "compare.per_query.tsv here."),
+    baseline: str | None = BASELINE,
+    test: str = TEST,
+    correction: str = CORRECTION,
+    significance_alpha: float = typer.Option(SIG.alpha, "--alpha", "--significance-alpha",
+                                             help="A cell is marked when its corrected p-value is below this."),
+) -> None:
+    """Leaderboard and paired significance tests for TREC run files against qrels, as `sbmoe eval` gives
+    for its own systems; seed groups show mean ± std over seeds."""
+    from .evaluation.compare import CompareConfig, compare_runs
+    from .evaluation.report import format_systems_table
+
+    tests = SignificanceConfig(baseline=baseline, test=test, correction=correction, alpha=significance_alpha)
+    report = compare_runs(CompareConfig(runs=list(runs or []), qrels=qrels, metrics=split_list(metrics), split=split,
+                                        systems_from=systems_from, fuse=fuse, output_dir=output_dir,
+                                        significance=tests))
+    for dataset in report.datasets():
+        typer.echo(format_systems_table(report, dataset))
+    echo_significance(report)
+    if output_dir is not None:
+        typer.echo(f"\nresults: {output_dir / 'compare.json'}")
 
 
 @app.command("export")

@@ -154,15 +154,14 @@ class SignificanceReport:
     def legend(self) -> str:
         """What the marks mean: test, correction, family size, alpha, and how seeds were used."""
         cfg = self.config
-        tests = " / ".join(f"{MARKS[t]} {TEST_NAMES[t]}" for t in cfg.tests())
-        detail = f"{cfg.permutations:,} random sign flips, or all 2^n when fewer"
-        tests = tests.replace(TEST_NAMES["randomization"], f"{TEST_NAMES['randomization']} ({detail})")
-        family = len(self.comparisons)
+        names = {"t": TEST_NAMES["t"], "randomization": f"{TEST_NAMES['randomization']} ({cfg.permutations:,} "
+                 "random sign flips of the per-query differences; all 2^n when fewer)"}
+        tests = ", ".join(f"{MARKS[t]} {names[t]}" for t in cfg.tests())
         correction = ("no correction for multiple comparisons" if cfg.correction == "none" else
-                      f"{cfg.correction.capitalize()}-corrected over {family} comparisons (systems x datasets x "
-                      "metrics, each test on its own)")
-        text = (f"Significantly different from the baseline `{self.baseline}` over queries ({tests}), "
-                f"{correction}, alpha = {cfg.alpha:g}. A query a system retrieved nothing for scores 0. "
+                      f"{cfg.correction.capitalize()}-corrected over {len(self.comparisons)} comparisons (systems "
+                      "x datasets x metrics, each test on its own)")
+        text = (f"Marks: {tests}: significantly different from the baseline `{self.baseline}`, paired over "
+                f"queries, {correction}, alpha = {cfg.alpha:g}. A query a system retrieved nothing for scores 0. "
                 f"Effect size: mean difference with a 95% bootstrap CI ({cfg.bootstrap:,} resamples of queries).")
         if self.seed_groups():
             text += (" Systems given as seed groups show mean ± std over seeds of the dataset means; their "
