@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from sbmoe.atomic import atomic_file, write_json
 from sbmoe.data import BeirDataset
 from sbmoe.evaluation.metrics import per_query, retrieval_depth
 from sbmoe.evaluation.routing import dataset_routing
+from sbmoe.evaluation.significance import compare_to_baseline
 from sbmoe.evaluation.systems import dense_system
 from sbmoe.models.embedding_cache import CorpusEmbeddingCache
 from sbmoe.models.encoder import EncoderConfig, load_encoder
@@ -55,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "sbmoe_zero_shot"
 DATASETS = ["scifact", "arguana", "cranfield", "cacm", "msmarco-dl19-mini"]
 METRIC = "nDCG@10"
+POOLED = "five datasets"  # the significance test pools every query of the five sets
 ENCODER_NOTES = {"minilm-l3": "paraphrase-MiniLM-L3-v2 (3 layers, real checkpoint)",
                  "minilm-l2": "all-MiniLM-L6-v2 truncated to its first 2 layers (a truncation, not a trained model)",
                  "minilm": "all-MiniLM-L6-v2 (6 layers, strong retrieval encoder)"}
@@ -207,15 +208,6 @@ def run_grid(args: argparse.Namespace) -> None:
         print(f"{path.stem}: {last:.1f} min, mean {METRIC} {summary}", flush=True)
 
 
-def paired_randomization(a: list[float], b: list[float], samples: int = 10000, seed: int = 0) -> float:
-    """Two-sided p-value of mean(a - b) under random sign flips of the paired differences."""
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    observed = abs(sum(diffs))
-    rng = random.Random(seed)
-    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12 for _ in range(samples))
-    return (hits + 1) / (samples + 1)
-
-
 def load_cells() -> list[dict]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((OUT / "cells").glob("*.json"))]
 
@@ -245,9 +237,11 @@ def system_rows(cells: list[dict]) -> dict[tuple[str, str], dict[int | None, dic
     return rows
 
 
-def seed_mean_per_query(by_seed: dict, dataset: str) -> dict[str, float]:
-    per_seed = [d[dataset]["per_query"] for d in by_seed.values() if dataset in d]
-    return {q: statistics.mean(p[q] for p in per_seed) for q in per_seed[0]}
+def pooled_seeds(by_seed: dict) -> list[dict]:
+    """One seed group for ``compare_to_baseline``: per seed, every query of the five sets as one pooled
+    dataset (query ids prefixed by their dataset), per-query nDCG@10."""
+    return [{POOLED: {METRIC: {f"{name}/{q}": v for name in DATASETS for q, v in datasets[name]["per_query"].items()}}}
+            for datasets in by_seed.values()]
 
 
 def summarize() -> dict:
@@ -272,15 +266,14 @@ def summarize() -> dict:
             if seeds or system == "base":
                 mine = {s: by_seed[s] for s in (seeds or by_seed)}
                 ref = {s: reference[s] for s in (seeds or reference)}
-                a, b = [], []
-                for dataset in DATASETS:  # per-query nDCG@10, averaged over seeds, every query of the 5 sets
-                    pa, pb = seed_mean_per_query(mine, dataset), seed_mean_per_query(ref, dataset)
-                    a += [pa[q] for q in pb]
-                    b += [pb[q] for q in pb]
+                # per-query nDCG@10, averaged over seeds, every query of the 5 sets: sbmoe's significance API
+                test = compare_to_baseline({"finetune": pooled_seeds(ref), system: pooled_seeds(mine)},
+                                           baseline="finetune", test="randomization", correction="none")
+                vs = test.comparison(system, POOLED, METRIC)
                 delta = statistics.mean(statistics.mean(mine[s][d][METRIC] for d in DATASETS) for s in mine) \
                     - statistics.mean(statistics.mean(ref[s][d][METRIC] for d in DATASETS) for s in ref)
                 entry["vs_finetune"] = {"delta_average": delta, "paired_seeds": seeds,
-                                        "p_value_queries": paired_randomization(a, b), "queries": len(a)}
+                                        "p_value_queries": vs.p_values["randomization"], "queries": vs.queries}
         routing = [c for c in cells if c["encoder"] == encoder and c.get("routing")
                    and system.split(":")[0] == c["arm"]]
         if routing:
