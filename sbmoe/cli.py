@@ -103,6 +103,9 @@ def given(**params: Any) -> dict[str, Any]:
     return {name: value for name, value in params.items() if value is not None}
 
 
+QUERY_HITS = 10  # hits shown per --query: a screenful
+
+
 def progress() -> bool:
     return sys.stderr.isatty()
 
@@ -180,9 +183,16 @@ def index(
 @user_errors
 def search(
     index_dir: Path = typer.Option(..., "--index", "-i", help="Index folder from `sbmoe index`."),
-    queries: str = typer.Option(..., "--queries", "-q", help="Queries file (.jsonl or .tsv) or dataset name."),
-    output: Path = typer.Option(..., "--output", "-o", help="TREC run file to write."),
-    k: int = typer.Option(DEFAULT_DEPTH, "-k", help="Hits per query."),
+    queries: str | None = typer.Option(None, "--queries", "-q", help="Queries file (.jsonl or .tsv) or dataset "
+                                       "name (with --output)."),
+    query: list[str] | None = typer.Option(None, "--query", help="A query text; repeat for several. Prints a "
+                                           "ranked list (rank, score, doc id, title, snippet) instead of a run."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="TREC run file to write (with --queries)."),
+    k: int | None = typer.Option(None, "-k", help=f"Hits per query (default: {DEFAULT_DEPTH} for a run file, "
+                                 f"{QUERY_HITS} with --query)."),
+    as_json: bool = typer.Option(False, "--json", help="With --query: print the hits as JSON."),
+    dataset: str | None = typer.Option(None, "--dataset", help="With --query: the corpus for titles and "
+                                       "snippets (default: the one in meta.json)."),
     split: str | None = SPLIT,
     model: str | None = typer.Option(None, "--model", "-m", help="Encoder (default: the one in meta.json)."),
     nprobe: int | None = typer.Option(None, help="IVF lists to search (overrides meta.json)."),
@@ -193,11 +203,24 @@ def search(
     backend: str | None = typer.Option(None, "--backend", help=f"{' | '.join(BACKENDS)} (default: the one that "
                                        "built the index)."),
 ) -> None:
-    """Search an index with a queries file or a dataset's queries; write a TREC run."""
+    """Search an index: texts typed with --query (a ranked list on the screen), or a queries file or a
+    dataset's queries with --queries (a TREC run written to --output)."""
+    set_threads(threads)
+    params = given(nprobe=nprobe, efSearch=ef_search)
+    if query:
+        if queries is not None or output is not None:
+            raise ValueError("--query prints its hits; use it without --queries and --output")
+        from .index.hits import format_hits, hits_json, search_queries
+
+        results = search_queries(index_dir, query, QUERY_HITS if k is None else k, model, params, dataset, backend,
+                                 batch_size)
+        typer.echo(hits_json(results) if as_json else format_hits(results))
+        return
+    if queries is None or output is None:
+        raise ValueError("give --query TEXT, or --queries with --output")
     from .index.retriever import search_to_trec
 
-    set_threads(threads)
-    run = search_to_trec(index_dir, queries, output, k, split, model, given(nprobe=nprobe, efSearch=ef_search),
+    run = search_to_trec(index_dir, queries, output, DEFAULT_DEPTH if k is None else k, split, model, params,
                          batch_size, drop_self_hits, backend)
     typer.echo(f"searched {len(run)} queries -> {output}")
 

@@ -50,6 +50,7 @@ class IndexMeta:
     corpus_fingerprint: str | None = None
     sbmoe_version: str = __version__
     backend: str = "torch"  # what ran the encoder (torch, onnx, onnx-int8); search reuses it
+    dataset: str | None = None  # the corpus it indexes (registry name or folder): titles and texts of hits
 
     @classmethod
     def from_json(cls, path: Path) -> IndexMeta:
