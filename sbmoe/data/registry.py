@@ -77,6 +77,10 @@ KNOWN_DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(name="cranfield", url=None, drop_self_hits=False),
         DatasetInfo(name="cacm", url=None, drop_self_hits=False),
         DatasetInfo(name="msmarco-dl19-mini", url=None, drop_self_hits=False),
+        # SQuAD v1.1 as paragraph retrieval (test = the official dev questions) and MedQuAD split by focus:
+        # BEIR-layout builds with train and test qrels; question and document ids are separate spaces
+        DatasetInfo(name="squad", url=None, drop_self_hits=False),
+        DatasetInfo(name="medquad", url=None, drop_self_hits=False),
     ]
 }
 

@@ -1,6 +1,8 @@
-"""Training triples files, read row by row through a byte-offset index instead of into one list.
+"""Training triples (and pairs) files, read row by row through a byte-offset index instead of into one list.
 
-Formats: TSV ``query<TAB>positive<TAB>negative``, JSONL with ``query``/``positive``/``negative`` keys, or
+Formats: TSV ``query<TAB>positive<TAB>negative``, JSONL with ``query``/``positive``/``negative`` keys, pairs
+(TSV ``query<TAB>positive`` or JSONL without ``negative``: trained on in-batch negatives only; the first row
+decides which a file holds), or
 MS MARCO id triples ``qid<TAB>pos_pid<TAB>neg_pid`` whose texts come from ``collection.tsv``
 (``pid<TAB>passage``) and a queries file (``qid<TAB>query``). A malformed row fails with file:line
 when it is read.
@@ -18,13 +20,15 @@ import numpy as np
 from .beir import DataFormatError
 from .line_index import KeyedLines, LineIndex
 
-Triple = tuple[str, str, str]
+Triple = tuple[str, ...]  # (query, positive, negative), or (query, positive) in a pairs file
+COLUMNS = ("anchor", "positive", "negative")  # the trainer's column names, in row order
 
 
 class TriplesSource(Protocol):
     """Random access to the rows of a triples file."""
 
     path: Path
+    width: int  # texts per row: 3 (triples) or 2 (pairs)
 
     def __len__(self) -> int: ...
 
@@ -38,28 +42,38 @@ class TextTriples:
         self.path = Path(path)
         self.lines = LineIndex(self.path)
         self.jsonl = self.path.suffix == ".jsonl"
+        self.width = 3
+        if len(self.lines):
+            self.width = 2 if len(self._fields(self.lines.decode(self.lines.read([0])[0], 0), 0)) == 2 else 3
 
     def __len__(self) -> int:
         return len(self.lines)
 
+    def _fields(self, line: str, row: int) -> Triple:
+        """The row's texts, before checking that their number matches the file's."""
+        if not self.jsonl:
+            return tuple(line.split("\t"))
+        where = f"{self.path}:{self.lines.line_number(row)}"
+        try:
+            obj = json.loads(line)
+            texts = (obj["query"], obj["positive"]) + ((obj["negative"],) if "negative" in obj else ())
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataFormatError(f"{where}: expected JSON with query, positive[, negative] "
+                                  f"({type(exc).__name__})") from None
+        if not all(isinstance(text, str) for text in texts):
+            raise DataFormatError(f"{where}: query, positive and negative must be strings")
+        return texts
+
     def _parse(self, raw: bytes, row: int) -> Triple:
-        line = self.lines.decode(raw, row)
-        if self.jsonl:
-            try:
-                obj = json.loads(line)
-                triple = (obj["query"], obj["positive"], obj["negative"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataFormatError(f"{self.path}:{self.lines.line_number(row)}: expected JSON with query, "
-                                      f"positive, negative ({type(exc).__name__})") from None
-            if not all(isinstance(text, str) for text in triple):
-                raise DataFormatError(f"{self.path}:{self.lines.line_number(row)}: query, positive and negative "
-                                      "must be strings")
-            return triple
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise DataFormatError(f"{self.path}:{self.lines.line_number(row)}: expected "
-                                  "query<TAB>positive<TAB>negative")
-        return fields[0], fields[1], fields[2]
+        texts = self._fields(self.lines.decode(raw, row), row)
+        if len(texts) != self.width:
+            where = f"{self.path}:{self.lines.line_number(row)}"
+            if self.jsonl:
+                raise DataFormatError(f"{where}: expected JSON with " + ("query, positive, negative" if self.width == 3
+                                      else "query and positive, no negative") + " (like the first row)")
+            raise DataFormatError(f"{where}: expected " + ("query<TAB>positive<TAB>negative (or query<TAB>positive "
+                                  "in every row)" if self.width == 3 else "query<TAB>positive (like the first row)"))
+        return texts
 
     def rows(self, rows: Sequence[int] | np.ndarray) -> list[Triple]:
         return [self._parse(raw, int(row)) for row, raw in zip(rows, self.lines.read(rows), strict=True)]
@@ -67,6 +81,8 @@ class TextTriples:
 
 class IdTriples:
     """MS MARCO id triples; query and passage texts are looked up by id, never all loaded."""
+
+    width = 3
 
     def __init__(self, path: Path, collection: Path, queries: Path) -> None:
         self.path = Path(path)

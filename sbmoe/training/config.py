@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from ..models.choices import GATES, MOE_CHOICES
 
 DEFAULT_BALANCE_WEIGHT = 0.05  # Switch load-balancing weight for trainable gates
+NEGATIVES = ("mined", "none")  # a BEIR split: one mined hard negative per pair, or in-batch negatives only
+HEAD_SIDES = ("both", "query")  # the head encodes queries and documents, or queries only
+KEEP = ("best", "last")  # the checkpoint kept: best dev nDCG@10, or the last step's
+SCHEDULERS = ("linear", "constant")
+
+# The SB-MoE paper's training recipe, read from its reference code: AdamW (weight decay 0.01) with the
+# encoder at lr/100 and the head at lr, no scheduler, warm-up or clipping; batch 64, 30 epochs, in-batch
+# negatives only, temperature 1 over dot products of unnormalised mean-pooled embeddings, max length 512,
+# E = 6 experts, its own gate (noisy top-1), no balance loss, one head for queries and documents, and the
+# last epoch's model kept. ``sbmoe train --recipe paper`` sets all of these; explicit options override them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(lr=1e-4, encoder_lr=1e-6, router_lr_scale=1.0, weight_decay=0.01, scheduler="constant",
+                  max_grad_norm=0.0, batch_size=64, epochs=30.0, negatives="none", temperature=1.0,
+                  normalize=False, max_length=512, experts=6, moe="top1", gate="paper", aux_loss_weight=0.0,
+                  separate_heads=False, head_side="both", keep="last"),
+}
 
 
 @dataclass
@@ -30,6 +47,15 @@ class TrainConfig:
     aux_loss_weight: float | None = None
     router_lr_scale: float = 10.0
     lr: float = 1e-4
+    encoder_lr: float | None = None  # the encoder's learning rate (None: --lr, like the head)
+    weight_decay: float = 0.0
+    scheduler: str = "linear"  # learning-rate schedule: linear decay to 0, or constant
+    max_grad_norm: float = 1.0  # gradient clipping (0: none)
+    negatives: str = "mined"
+    head_side: str = "both"
+    keep: str = "best"
+    normalize: bool | None = None  # L2-normalise embeddings (None: the model's own setting)
+    micro_batch_tokens: int = 8192  # encode each batch in length-sorted micro-batches of this many tokens (0: off)
     batch_size: int = 64
     epochs: float = 1.0
     max_steps: int = -1
@@ -45,6 +71,18 @@ class TrainConfig:
     patience: int | None = None
     show_progress: bool = True
     overwrite: bool = False
+    recipe: str | None = None  # the recipe these settings were resolved from (recorded in the log)
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None, **options: Any) -> TrainConfig:
+        """Defaults, then the recipe's settings, then the options a user gave explicitly."""
+        if recipe is not None and recipe not in RECIPES:
+            raise ValueError(f"unknown --recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return replace(cls(), **(RECIPES[recipe] if recipe else {}), **options, recipe=recipe)
 
     def validate(self) -> None:
         """Refuse option combinations that cannot train what they name."""
@@ -58,6 +96,16 @@ class TrainConfig:
             raise ValueError(f"--experts must be at least 1, got {self.experts}")
         if self.shuffle_buffer < 1:
             raise ValueError(f"--shuffle-buffer must be at least 1, got {self.shuffle_buffer}")
+        for name, value, choices in (("--negatives", self.negatives, NEGATIVES), ("--head-side", self.head_side,
+                                      HEAD_SIDES), ("--keep", self.keep, KEEP), ("--scheduler", self.scheduler,
+                                      SCHEDULERS)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        if self.head_side == "query" and (self.moe == "none" or self.separate_heads):
+            raise ValueError("--head-side query puts one SB-MoE head on the query side: it needs --moe "
+                             "top1|all|random and no --separate-heads")
+        if self.micro_batch_tokens < 0:
+            raise ValueError(f"--micro-batch-tokens must be 0 (off) or positive, got {self.micro_batch_tokens}")
         if (self.collection is None) != (self.queries_file is None):
             raise ValueError("MS MARCO id triples need both --collection and --queries-file")
 
@@ -71,6 +119,9 @@ class TrainConfig:
         if self.aux_loss_weight is not None:
             return self.aux_loss_weight
         return DEFAULT_BALANCE_WEIGHT if self.router_trains() else 0.0
+
+    def resolved_encoder_lr(self) -> float:
+        return self.lr if self.encoder_lr is None else self.encoder_lr
 
     def resolved_temperature(self, normalized: bool) -> float:
         """The paper's temperature 1 suits raw dot products; with L2-normalized embeddings (cosine in

@@ -17,6 +17,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from ..data import BeirDataset, DataFormatError, TriplesSource, WindowShuffle, open_triples
+from ..data.triples import COLUMNS
 from ..index.retriever import Retriever
 from ..models.embedding_cache import CorpusEmbeddingCache
 from .config import TrainConfig
@@ -46,19 +47,24 @@ class TripleStream:
         shifted = self.dev_rows - np.arange(len(self.dev_rows))
         return train_rows + np.searchsorted(shifted, train_rows, side="right")
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return COLUMNS[:self.source.width]
+
     def iter_from(self, position: int = 0) -> Iterator[dict[str, str]]:
-        """{"anchor", "positive", "negative"} rows from stream position ``position`` on, forever."""
+        """{"anchor", "positive"[, "negative"]} rows from stream position ``position`` on, forever."""
+        columns = self.columns
         for window in WindowShuffle(len(self), self.buffer, self.seed).windows(position):
             for start in range(0, len(window), READ_ROWS):  # texts of READ_ROWS rows in memory at a time
-                for query, positive, negative in self.source.rows(self.file_rows(window[start:start + READ_ROWS])):
-                    yield {"anchor": query, "positive": positive, "negative": negative}
+                for row in self.source.rows(self.file_rows(window[start:start + READ_ROWS])):
+                    yield dict(zip(columns, row, strict=True))
 
     def dataset(self, position: int = 0):
         """The stream as a ``datasets.IterableDataset`` (one shard: under DDP every rank reads the same
         stream and accelerate hands each rank its slice of every global batch)."""
         from datasets import Features, IterableDataset, Value
 
-        features = Features({name: Value("string") for name in ("anchor", "positive", "negative")})
+        features = Features({name: Value("string") for name in self.columns})
         return IterableDataset.from_generator(_stream_rows, features=features,
                                               gen_kwargs={"stream": self, "position": position})
 
@@ -73,7 +79,7 @@ class TrainingData:
 
     anchors: list[str]
     positives: list[str]
-    negatives: list[str]
+    negatives: list[str]  # empty: in-batch negatives only
     dev_queries: dict[str, str]
     dev_corpus: dict[str, str]
     dev_qrels: dict[str, set[str]]
@@ -88,10 +94,17 @@ class TrainingData:
         if self.stream is None or self.anchors:
             return
         rows = self.stream.source.rows(self.stream.file_rows(np.arange(len(self.stream))))
-        for query, positive, negative in rows:
+        for query, positive, *negative in rows:
             self.anchors.append(query)
             self.positives.append(positive)
-            self.negatives.append(negative)
+            self.negatives.extend(negative)
+
+    def columns(self) -> dict[str, list[str]]:
+        """The in-memory training columns, as the trainer's dataset takes them."""
+        out = {"anchor": self.anchors, "positive": self.positives}
+        if self.negatives:
+            out["negative"] = self.negatives
+        return out
 
 
 def _split_dev(ids: list[str], fraction: float, seed: int) -> set[str]:
@@ -113,9 +126,10 @@ def triples_data(config: TrainConfig) -> TrainingData:
     data = TrainingData([], [], [], {}, {}, {}, {"source": str(config.data), "triples": n, "dev_rows": held},
                         stream=TripleStream(source, dev_rows, config.shuffle_buffer, config.seed))
     texts: dict[str, str] = {}
-    for row, (query, positive, negative) in zip(dev_rows, source.rows(dev_rows), strict=True):
+    for row, (query, positive, *negative) in zip(dev_rows, source.rows(dev_rows), strict=True):
         pos_id = texts.setdefault(positive, f"p{len(texts)}")
-        texts.setdefault(negative, f"p{len(texts)}")
+        for text in negative:
+            texts.setdefault(text, f"p{len(texts)}")
         qid = f"q{row}"
         data.dev_queries[qid] = query
         data.dev_qrels.setdefault(qid, set()).add(pos_id)
@@ -124,16 +138,20 @@ def triples_data(config: TrainConfig) -> TrainingData:
 
 
 def beir_data(dataset: BeirDataset, split: str, miner: SentenceTransformer, config: TrainConfig) -> TrainingData:
-    """Training data from a BEIR split; one hard negative per (query, positive), mined with ``miner``.
+    """Training data from a BEIR split: (query, positive) pairs from the qrels, with one hard negative per
+    pair mined with ``miner`` (``negatives="mined"``) or none (``"none"``: in-batch negatives only).
 
     The negative is the highest-ranked document that is not judged relevant; dev evaluation searches the
     dev queries' positives and their mined negatives plus ``dev_distractors`` random documents.
     """
     queries, qrels = dataset.load_split(split, keep_unknown_docs=False)
     dev_ids = _split_dev(list(queries), config.dev_fraction, config.seed)
-    retriever = Retriever.from_dataset(miner, dataset, config.batch_size, CorpusEmbeddingCache(),
-                                       config.show_progress)
-    run = retriever.search(queries, k=20, drop_self_hits=dataset.drop_self_hits)
+    mine = config.negatives == "mined"
+    run: dict[str, list[str]] = {}
+    if mine:
+        retriever = Retriever.from_dataset(miner, dataset, config.batch_size, CorpusEmbeddingCache(),
+                                           config.show_progress)
+        run = retriever.search(queries, k=20, drop_self_hits=dataset.drop_self_hits)
     corpus = {doc.doc_id: doc.as_text() for doc in dataset.iter_corpus()}
     data = TrainingData([], [], [], {}, {}, {}, {"source": dataset.name, "split": split,
                                                   "train_queries": len(queries) - len(dev_ids),
@@ -141,20 +159,22 @@ def beir_data(dataset: BeirDataset, split: str, miner: SentenceTransformer, conf
     dev_docs: set[str] = set()
     for qid, text in queries.items():
         relevant = {d for d, rel in qrels[qid].items() if rel > 0}
-        negative = next((d for d in run[qid] if d not in relevant), None)
+        negative = next((d for d in run.get(qid, ()) if d not in relevant), None)
         if qid in dev_ids:
             data.dev_queries[qid] = text
             data.dev_qrels[qid] = relevant
             dev_docs |= relevant | ({negative} if negative else set())
             continue
         for positive in sorted(relevant):
-            if negative is None:
+            if mine and negative is None:
                 continue
             data.anchors.append(text)
             data.positives.append(corpus[positive])
-            data.negatives.append(corpus[negative])
+            if mine:
+                data.negatives.append(corpus[negative])
     others = sorted(set(corpus) - dev_docs)
     dev_docs |= set(random.Random(config.seed).sample(others, min(config.dev_distractors, len(others))))
     data.dev_corpus = {d: corpus[d] for d in sorted(dev_docs)}
     data.info["train_pairs"] = len(data.anchors)
+    data.info["negatives"] = config.negatives
     return data

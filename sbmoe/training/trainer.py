@@ -34,8 +34,9 @@ from ..atomic import atomic_dir, corrupt_artifact, is_disk_fault, write_failed
 from ..data import BeirDataset, DataFormatError
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_texts
-from ..models.pipeline import normalizes, pooling_prefix, with_head
+from ..models.pipeline import normalizes, pooling_prefix, set_normalize, with_head
 from ..models.sbmoe_head import SBMoEHead
+from .cached_loss import CachedRankingLoss
 from .callbacks import RestoreRngOnResume, TrainLogCallback
 from .config import TrainConfig
 from .embedding_table import EmbeddingTable
@@ -43,6 +44,10 @@ from .losses import ranking_loss
 from .pairs import TrainingData, beir_data, triples_data
 
 logger = logging.getLogger(__name__)
+
+# the encoder's parameters, as the optimizer sees them through the loss: the Transformer is module 0 and
+# holds the Hugging Face model as ``model`` (a head's parameters never sit under "0.model.")
+ENCODER_PARAMETERS = r"(^|\.)0\.model\."
 
 
 def make_heads(config: TrainConfig, dim: int) -> nn.Module | None:
@@ -59,7 +64,33 @@ def make_heads(config: TrainConfig, dim: int) -> nn.Module | None:
 
     if config.separate_heads:
         return Router.for_query_document(query_modules=[head()], document_modules=[head()])
+    if config.head_side == "query":  # documents keep the base embedding: an existing index still serves
+        return Router.for_query_document(query_modules=[head()], document_modules=[])
     return head()
+
+
+def learning_rates(config: TrainConfig) -> dict[str, float]:
+    """Parameter-name patterns with their own learning rate: the encoder at ``encoder_lr`` (the paper trains
+    it at lr/100), a trainable router at ``router_lr_scale`` x lr; every other parameter trains at lr."""
+    mapping = {}
+    if config.router_trains() and config.router_lr_scale != 1.0:
+        mapping[r"\.router\."] = config.lr * config.router_lr_scale
+    if not config.freeze_encoder and config.resolved_encoder_lr() != config.lr:
+        mapping[ENCODER_PARAMETERS] = config.resolved_encoder_lr()
+    return mapping
+
+
+def make_loss(config: TrainConfig, trainee: SentenceTransformer, temperature: float, world: int) -> nn.Module:
+    """The ranking loss; over an encoder on one process, with length-sorted micro-batches (same gradients,
+    the batch's real tokens). Data-parallel runs and head-only training take the plain step."""
+    if config.micro_batch_tokens and world == 1 and not config.freeze_encoder:
+        return CachedRankingLoss(trainee, temperature, config.micro_batch_tokens)
+    return ranking_loss(trainee, temperature, gather=world > 1)
+
+
+def config_record(config: TrainConfig) -> dict:
+    """The resolved settings (recipe, then explicit options) as plain JSON values."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
 
 def head_only_model(prefix: SentenceTransformer, head: nn.Module, data: TrainingData, config: TrainConfig,
@@ -111,6 +142,8 @@ def train(config: TrainConfig) -> Path:
 
     base = load_encoder(EncoderConfig(model=config.model, max_length=config.max_length,
                                       batch_size=config.batch_size))
+    if config.normalize is not None:
+        set_normalize(base, config.normalize)
     normalize = normalizes(base)
     prefix = pooling_prefix(base)
     if Path(config.data).is_file():
@@ -129,7 +162,7 @@ def train(config: TrainConfig) -> Path:
 
     temperature = config.resolved_temperature(normalize)
     world = distributed.world_size()
-    loss = ranking_loss(trainee, temperature, gather=world > 1)
+    loss = make_loss(config, trainee, temperature, world)
     evaluator = InformationRetrievalEvaluator(
         data.dev_queries, data.dev_corpus, data.dev_qrels, name="dev", ndcg_at_k=[10], mrr_at_k=[10],
         accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], batch_size=config.batch_size,
@@ -145,31 +178,35 @@ def train(config: TrainConfig) -> Path:
         output_dir=str(config.checkpoint_dir), num_train_epochs=config.epochs, max_steps=max_steps,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
         learning_rate=config.lr, warmup_steps=0, seed=config.seed, data_seed=config.seed,
+        weight_decay=config.weight_decay, lr_scheduler_type=config.scheduler, max_grad_norm=config.max_grad_norm,
         batch_sampler=BatchSamplers.BATCH_SAMPLER if streaming else BatchSamplers.NO_DUPLICATES,
         eval_strategy="steps" if evaluator else "no", eval_steps=eval_steps, save_strategy="steps",
         save_steps=config.save_steps or eval_steps, save_total_limit=2, ignore_data_skip=streaming,
         accelerator_config={"dispatch_batches": False},  # every rank reads the stream, keeps its slice
-        load_best_model_at_end=evaluator is not None, metric_for_best_model="eval_dev_dot_ndcg@10",
+        load_best_model_at_end=evaluator is not None and config.keep == "best",
+        metric_for_best_model="eval_dev_dot_ndcg@10",
         greater_is_better=True, logging_steps=max(1, min(eval_steps, 10)), report_to="none",
         disable_tqdm=not config.show_progress,
-        # the router sees one epoch of few steps: it learns at router_lr_scale x the encoder's rate
-        learning_rate_mapping={r"\.router\.": config.lr * config.router_lr_scale} if config.router_trains()
-        and config.router_lr_scale != 1.0 else {}, use_cpu=not torch.cuda.is_available(),
+        learning_rate_mapping=learning_rates(config), use_cpu=not torch.cuda.is_available(),
         router_mapping={"anchor": "query", "positive": "document", "negative": "document"}
-        if config.separate_heads else {},
+        if config.separate_heads or (config.head_side == "query" and config.moe != "none") else {},
     )
     callbacks: list[TrainerCallback] = [TrainLogCallback(trainee, config.checkpoint_dir / "train_log.jsonl")]
     if config.patience and evaluator is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # the log opens with the resolved recipe (again after each resume)
+        with open(config.checkpoint_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"recipe": config.recipe, "config": config_record(config),
+                                     "temperature": temperature, "normalize": normalize}) + "\n")
+        logger.info("training with %s", config_record(config))
     resume = last_complete_checkpoint(config.checkpoint_dir)
     distributed.barrier()
     position = 0
     if resume is not None:
         logger.warning("resuming from %s", resume)
         position = checkpoint_step(resume) * global_batch
-    train_set = data.stream.dataset(position) if streaming else Dataset.from_dict(
-        {"anchor": data.anchors, "positive": data.positives, "negative": data.negatives})
+    train_set = data.stream.dataset(position) if streaming else Dataset.from_dict(data.columns())
     trainer = SentenceTransformerTrainer(model=trainee, args=args, train_dataset=train_set, loss=loss,
                                          evaluator=evaluator, callbacks=callbacks)
     if streaming and resume is not None:
@@ -189,7 +226,7 @@ def train(config: TrainConfig) -> Path:
     final.eval()
     with atomic_dir(output, overwrite=config.overwrite) as tmp:
         final.save(str(tmp))
-        summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        summary = {"config": config_record(config),
                    "temperature": temperature, "data": data.info,
                    "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_ndcg10": trainer.state.best_metric}
         (tmp / "sbmoe_train.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

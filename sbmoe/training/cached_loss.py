@@ -1,0 +1,123 @@
+"""A ranking step that costs the batch's real tokens: length-sorted micro-batches with exact gradients.
+
+sentence-transformers' collator pads each column of a batch to its longest text, so at max length 512 one
+long passage makes every text of the batch cost 512 tokens, and the whole padded batch is alive in memory
+for the backward pass. This loss sorts each column's texts by length, encodes them up to Pooling in
+micro-batches of about ``micro_batch_tokens`` real tokens, each trimmed to its own longest text, and caches
+the gradient of the loss with respect to the pooled embeddings; a second pass re-encodes each micro-batch
+with gradients and feeds the cached gradient in (GradCache, Gao et al. 2021; the two passes and the RNG
+replay are sentence-transformers' ``CachedLossMixin``).
+
+The modules after Pooling (the SB-MoE head or a Router of heads, Normalize) are cheap, so they run once on
+the whole batch with gradients, column by column exactly as the plain step runs them (the anchor column,
+then the candidate columns merged): the ranking loss, the routers' load-balancing loss and the router noise
+are those of the plain full-batch step. Only the encoder's activations are bounded by the micro-batches.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.gradcache import CachedLossMixin, RandContext, _create_minibatch
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.util import dot_score
+from torch import Tensor, nn
+
+from ..models.pipeline import require_pooling, sbmoe_heads
+
+DEFAULT_MICRO_BATCH_TOKENS = 8192
+
+
+class CachedRankingLoss(CachedLossMixin, nn.Module):
+    """In-batch (+ hard negative) ranking loss over dot products / temperature, plus the heads' auxiliary
+    losses, computed with length-sorted micro-batches. Loss and gradients equal the plain step's."""
+
+    def __init__(self, model: SentenceTransformer, temperature: float,
+                 micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> None:
+        super().__init__()
+        if micro_batch_tokens < 1:
+            raise ValueError(f"micro_batch_tokens must be at least 1, got {micro_batch_tokens}")
+        self.model = model
+        self.ranking = MultipleNegativesRankingLoss(model, scale=1.0 / temperature, similarity_fct=dot_score)
+        pooling = require_pooling(model)
+        self.prefix = list(model)[:pooling + 1]
+        self.post = list(model)[pooling + 1:]
+        self.mini_batch_size = 1 << 30  # micro-batches are cut by tokens, never by count
+        self.mini_batch_num_tokens = micro_batch_tokens
+        self._orders: list[Tensor] = []
+        self._features: list[dict[str, Any]] = []
+        self._post_grads: list[tuple[nn.Parameter, Tensor]] = []
+
+    def embed_minibatch(self, sentence_feature: dict[str, Tensor], begin: int, end: int, with_grad: bool,
+                        copy_random_state: bool, random_state: RandContext | None = None
+                        ) -> tuple[Tensor, RandContext | None]:
+        """Pooled embeddings of rows ``begin:end`` (padding trimmed to their longest text)."""
+        features = _create_minibatch(sentence_feature, begin, end)
+        replay = random_state if random_state is not None else nullcontext()
+        with replay, torch.enable_grad() if with_grad else torch.no_grad():
+            state = RandContext(*features.values()) if copy_random_state else None
+            for module in self.prefix:
+                features = module(features)
+        return features["sentence_embedding"], state
+
+    def _post(self, pooled: Tensor, task: Any, modality: Any) -> Tensor:
+        """The modules after Pooling on pooled embeddings, routed like the column they came from."""
+        features: dict[str, Any] = {"sentence_embedding": pooled, "task": task, "modality": modality}
+        for module in self.post:
+            kwargs = {key: features[key] for key in ("task", "modality")
+                      if key in getattr(module, "forward_kwargs", ()) and features[key] is not None}
+            features = module(features, **kwargs)
+        return features["sentence_embedding"]
+
+    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *,
+                       with_backward: bool = False) -> Tensor:
+        pooled = [torch.cat(column)[torch.argsort(order)] for column, order in zip(reps, self._orders, strict=True)]
+        tasks = [(feature.get("task"), feature.get("modality")) for feature in self._features]
+        embeddings = [self._post(pooled[0], *tasks[0])]
+        candidates = pooled[1:]
+        if len(candidates) > 1 and len(set(tasks[1:])) == 1:  # merged, as the plain step embeds them
+            merged = self._post(torch.cat(candidates), *tasks[1])
+            embeddings += list(merged.split([len(c) for c in candidates]))
+        else:
+            embeddings += [self._post(c, *t) for c, t in zip(candidates, tasks[1:], strict=True)]
+        loss = self.ranking.compute_loss_from_embeddings(embeddings, labels)
+        for head in sbmoe_heads(self.model):
+            aux = head.pop_aux_loss()
+            if aux is not None:
+                loss = loss + aux
+        if not with_backward:
+            return loss
+        leaves = [rep for column in reps for rep in column]
+        params = [p for module in self.post for p in module.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)
+        for leaf, grad in zip(leaves, grads[:len(leaves)], strict=True):
+            leaf.grad = grad
+        self._post_grads = [(p, g) for p, g in zip(params, grads[len(leaves):], strict=True) if g is not None]
+        return loss.detach()
+
+    def forward(self, sentence_features: list[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        features = [dict(feature) for feature in sentence_features]
+        self._orders = []
+        for feature in features:
+            order = torch.argsort(feature["attention_mask"].sum(dim=1), stable=True)
+            rows = len(order)
+            for key, value in feature.items():
+                if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == rows:
+                    feature[key] = value[order]
+            self._orders.append(order)
+        self._features = features
+        loss = self.forward_cached(features, labels)
+        if loss.requires_grad and self._post_grads:
+            post_grads, self._post_grads = self._post_grads, []
+            loss.register_hook(lambda grad_output: _accumulate(post_grads, grad_output))
+        return loss
+
+
+def _accumulate(post_grads: list[tuple[nn.Parameter, Tensor]], grad_output: Tensor) -> None:
+    """Add the head's cached gradients, scaled like the rest of the backward pass (accumulation, fp16)."""
+    for param, grad in post_grads:
+        scaled = grad * grad_output
+        param.grad = scaled if param.grad is None else param.grad + scaled
