@@ -144,3 +144,16 @@ def test_bad_qrels_baseline_and_test_are_one_line(files: dict[str, Path], tmp_pa
         result = invoke(*args)
         assert result.exit_code == 1
         assert result.stderr.strip().splitlines() == [message]
+
+
+def test_compare_seed_groups_from_a_folder(files: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "systems"
+    for name, good in (("old", 0.3), ("new", 0.9)):
+        (root / name).mkdir(parents=True)
+        for s in range(2):
+            write_run(root / name / f"s{s}.trec", good, 20 + s + (10 if name == "new" else 0))
+    result = invoke("--qrels", files["qrels"], "--metrics", "nDCG@10", "--systems-from", root, "--baseline", "old")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("new ") and "±" in line for line in lines)
+    assert any(line.startswith("new ") and "nDCG@10" in line for line in lines)  # the tests table row
