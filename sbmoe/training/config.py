@@ -82,7 +82,7 @@ class TrainConfig:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return replace(cls(), **(RECIPES[recipe] if recipe else {}), **options, recipe=recipe)
+        return replace(cls(), **{**(RECIPES[recipe] if recipe else {}), **options, "recipe": recipe})
 
     def validate(self) -> None:
         """Refuse option combinations that cannot train what they name."""
