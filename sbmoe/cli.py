@@ -395,39 +395,77 @@ def bm25_search(
     typer.echo(f"searched {len(run)} queries -> {output}")
 
 
+def recipe_default(name: str) -> str:
+    """An option's default and what each recipe sets it to, for its --help line."""
+    from .training.config import RECIPES
+
+    sets = "; ".join(f"--recipe {r}: {v[name]}" for r, v in RECIPES.items() if name in v)
+    return f"default {getattr(TRN, name, None)}" + (f"; {sets}" if sets else "")
+
+
 @app.command("train")
 @user_errors
 def train_command(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the trained sentence-transformers model."),
     model: str = MODEL,
+    recipe: str | None = typer.Option(None, help="A preset of training options; explicit options override it. "
+                                      "paper: the SB-MoE paper's recipe (lr 1e-4 for the head and 1e-6 for the "
+                                      "encoder, AdamW weight decay 0.01, constant lr, no clipping, batch 64, 30 "
+                                      "epochs, in-batch negatives only, temperature 1, no normalisation, length "
+                                      "512, E = 6, its gate, no balance loss, last epoch kept)."),
     data: str = typer.Option(TRN.data, help="BEIR dataset (its --split gives queries and positives) or a "
-                             "triples file (.tsv query/positive/negative or .jsonl; MS MARCO id triples "
-                             "qid/pos_pid/neg_pid with --collection and --queries-file), read as a stream."),
+                             "triples or pairs file (.tsv query/positive(/negative) or .jsonl; MS MARCO id "
+                             "triples qid/pos_pid/neg_pid with --collection and --queries-file), read as a stream."),
     split: str = typer.Option(TRN.split),
+    negatives: str | None = typer.Option(None, help="With a BEIR dataset: mined (one hard negative per pair, "
+                                         "mined with the base model) | none (in-batch negatives only); "
+                                         + recipe_default("negatives") + "."),
     collection: Path | None = typer.Option(TRN.collection, help="MS MARCO collection.tsv (pid<TAB>passage) "
                                            "for id triples."),
     queries_file: Path | None = typer.Option(TRN.queries_file, help="MS MARCO queries.train.tsv (qid<TAB>query) "
                                              "for id triples."),
     shuffle_buffer: int = typer.Option(TRN.shuffle_buffer, help="Rows of a triples file shuffled together "
                                        "(memory: one buffer of rows)."),
-    moe: str = typer.Option(TRN.moe, help=f"SB-MoE inference routing: {' | '.join(MOE_CHOICES)} (none: no head)."),
-    gate: str = typer.Option(TRN.gate, help=f"How the gate is trained: {' | '.join(GATES)} (paper: its router "
-                             "gets no gradient under top-1)."),
-    experts: int = typer.Option(TRN.experts, help="Number of experts E."),
+    moe: str | None = typer.Option(None, help=f"SB-MoE inference routing: {' | '.join(MOE_CHOICES)} (none: no "
+                                   "head); " + recipe_default("moe") + "."),
+    gate: str | None = typer.Option(None, help=f"How the gate is trained: {' | '.join(GATES)} (paper: its router "
+                                    "gets no gradient under top-1); " + recipe_default("gate") + "."),
+    experts: int | None = typer.Option(None, help="Number of experts E; " + recipe_default("experts") + "."),
     latent: int | None = typer.Option(None, help="Expert bottleneck size (default d/2)."),
-    separate_heads: bool = typer.Option(False, "--separate-heads", help="One head for queries, one for documents."),
+    separate_heads: bool | None = typer.Option(None, "--separate-heads/--shared-head",
+                                               help="One head for queries, one for documents (default: shared)."),
+    head_side: str | None = typer.Option(None, help="both (the head encodes queries and documents) | query "
+                                         "(documents keep the base model's embeddings, so an existing index "
+                                         "serves); " + recipe_default("head_side") + "."),
     freeze_router: bool = typer.Option(False, "--freeze-router", help="Keep the router at its initialisation."),
     aux_loss_weight: float | None = typer.Option(None, help="Weight of the Switch load-balancing loss (default: "
                                                  "0.05 for trainable gates, else 0)."),
-    router_lr_scale: float = typer.Option(TRN.router_lr_scale, help="Learning rate of a trainable router, as a "
-                                          "multiple of --lr."),
-    lr: float = typer.Option(TRN.lr, "--lr"),
-    batch_size: int = typer.Option(TRN.batch_size, "--batch-size", "-b"),
-    epochs: float = typer.Option(TRN.epochs),
+    router_lr_scale: float | None = typer.Option(None, help="Learning rate of a trainable router, as a multiple "
+                                                 "of --lr; " + recipe_default("router_lr_scale") + "."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of the head (and of the encoder unless "
+                                    "--encoder-lr); " + recipe_default("lr") + "."),
+    encoder_lr: float | None = typer.Option(None, "--encoder-lr", help="Learning rate of the encoder (default: "
+                                            "--lr; --recipe paper: 1e-06, lr/100)."),
+    weight_decay: float | None = typer.Option(None, help="AdamW weight decay; " + recipe_default("weight_decay")
+                                              + "."),
+    scheduler: str | None = typer.Option(None, help="linear (decay to 0) | constant; "
+                                         + recipe_default("scheduler") + "."),
+    max_grad_norm: float | None = typer.Option(None, help="Gradient clipping norm, 0 for none; "
+                                               + recipe_default("max_grad_norm") + "."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help=recipe_default("batch_size") + "."),
+    micro_batch_tokens: int | None = typer.Option(None, help="Encode each batch in length-sorted micro-batches "
+                                                  "of about this many tokens, with the same gradients (memory "
+                                                  "and padding bounded); 0: one padded batch; "
+                                                  + recipe_default("micro_batch_tokens") + "."),
+    epochs: float | None = typer.Option(None, help=recipe_default("epochs") + "."),
     max_steps: int = typer.Option(TRN.max_steps, help="Stop after this many steps (overrides epochs)."),
-    max_length: int = typer.Option(TRN.max_length, "--max-length"),
+    max_length: int | None = typer.Option(None, "--max-length", help=recipe_default("max_length") + "."),
     temperature: float | None = typer.Option(None, help="Softmax temperature (default 1, or 0.05 for "
-                                             "L2-normalized models)."),
+                                             "L2-normalized models; --recipe paper: 1)."),
+    normalize: bool | None = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize embeddings "
+                                          "(default: the model's own; --recipe paper: no)."),
+    keep: str | None = typer.Option(None, help="best (the best dev nDCG@10 checkpoint) | last; "
+                                    + recipe_default("keep") + "."),
     seed: int = typer.Option(TRN.seed),
     freeze_encoder: bool = typer.Option(False, "--freeze-encoder", help="Train only the head, on cached "
                                         "base embeddings."),
@@ -442,15 +480,16 @@ def train_command(
 ) -> None:
     """Fine-tune an encoder with (or without) the SB-MoE head; rerun the same command to resume."""
     set_threads(threads)
-    config = TrainConfig(model=model, output=output, data=data, split=split, collection=collection,
-                         queries_file=queries_file, shuffle_buffer=shuffle_buffer, moe=moe, gate=gate, experts=experts,
-                         latent=latent, separate_heads=separate_heads, freeze_router=freeze_router,
-                         aux_loss_weight=aux_loss_weight, router_lr_scale=router_lr_scale, lr=lr,
-                         batch_size=batch_size, epochs=epochs,
-                         max_steps=max_steps, max_length=max_length, temperature=temperature, seed=seed,
-                         freeze_encoder=freeze_encoder, dev_fraction=dev_fraction, dev_max_rows=dev_max_rows,
-                         eval_steps=eval_steps, save_steps=save_steps,
-                         patience=patience, show_progress=progress(), overwrite=overwrite)
+    config = TRN.from_recipe(recipe, **given(
+        model=model, output=output, data=data, split=split, negatives=negatives, collection=collection,
+        queries_file=queries_file, shuffle_buffer=shuffle_buffer, moe=moe, gate=gate, experts=experts, latent=latent,
+        separate_heads=separate_heads, head_side=head_side, freeze_router=freeze_router,
+        aux_loss_weight=aux_loss_weight, router_lr_scale=router_lr_scale, lr=lr, encoder_lr=encoder_lr,
+        weight_decay=weight_decay, scheduler=scheduler, max_grad_norm=max_grad_norm, batch_size=batch_size,
+        micro_batch_tokens=micro_batch_tokens, epochs=epochs, max_steps=max_steps, max_length=max_length,
+        temperature=temperature, normalize=normalize, keep=keep, seed=seed, freeze_encoder=freeze_encoder,
+        dev_fraction=dev_fraction, dev_max_rows=dev_max_rows, eval_steps=eval_steps, save_steps=save_steps,
+        patience=patience, show_progress=progress(), overwrite=overwrite))
     from .training.trainer import train
 
     saved = train(config)
