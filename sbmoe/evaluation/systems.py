@@ -59,13 +59,14 @@ def dense_system(
         return state["facts"]
 
     def retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
-        from ..models.encoding import encode_corpus, encode_texts
-
         if cache_pooled:
             return pooled_retrieve(dataset, queries, k)
         hit = cache.get(facts().key(dataset.corpus_fingerprint())) if cache is not None else None
-        doc_ids, embeddings = hit or encode_corpus(encoder(), dataset, config.batch_size, cache=cache,
-                                                   show_progress=show_progress)
+        if hit is None:
+            from ..models.encoding import encode_corpus  # torch: only when something is to be encoded
+
+            hit = encode_corpus(encoder(), dataset, config.batch_size, cache=cache, show_progress=show_progress)
+        doc_ids, embeddings = hit
         index = DenseIndex.from_embeddings(embeddings, doc_ids, index_meta(facts(), config.model))
         qids = list(queries)
         query_key = facts().key(queries_fingerprint(queries))
@@ -73,6 +74,8 @@ def dense_system(
         if query_hit is not None and query_hit[0] == qids:
             query_embeddings = query_hit[1]
         else:
+            from ..models.encoding import encode_texts
+
             query_embeddings = encode_texts(encoder(), [queries[q] for q in qids], config.batch_size, task="query")
             if cache is not None and qids:
                 cache.put(query_key, qids, query_embeddings)

@@ -1,4 +1,5 @@
-"""Corpus embeddings cached on disk, so index and eval encode a corpus once per model."""
+"""Corpus and query embeddings cached on disk, so index and eval encode each text set once per model; and the
+facts of encoders loaded before (``EncoderMemo``), so a warm eval finds its entries without loading one."""
 
 from __future__ import annotations
 

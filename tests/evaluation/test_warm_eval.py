@@ -108,3 +108,25 @@ def test_changed_model_folder_or_new_queries_load_the_model_again(tiny_bert_dir:
     assert EncoderMemo().get(config) is None
     run_eval(folder, scifact_slice, tmp_path / "again")
     assert loads == [str(folder), str(folder)]
+
+
+def test_warm_eval_in_a_fresh_process_imports_no_torch(tiny_bert_dir: Path, scifact_slice: Path,
+                                                       tmp_path: Path) -> None:
+    """With every embedding cached, the command needs neither torch nor sentence-transformers nor the weights."""
+    import subprocess
+    import sys
+
+    cold = run_eval(tiny_bert_dir, scifact_slice, tmp_path / "cold")
+    code = """
+import json, sys
+from sbmoe.cli import app
+app(["eval", "-m", sys.argv[1], "-d", sys.argv[2], "--metrics", "nDCG@10,R@100,RR@10", "--output-dir", sys.argv[3]],
+    standalone_mode=False)
+print(json.dumps(sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_bert_dir), str(scifact_slice), str(tmp_path / "warm")],
+                          capture_output=True, text=True, timeout=600)  # inherits this test's SBMOE_CACHE
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    warm = json.loads((tmp_path / "warm" / "eval.json").read_text())
+    assert [r["metrics"] for r in warm["records"]] == [r.metrics for r in cold.records]
