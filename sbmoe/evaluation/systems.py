@@ -140,6 +140,7 @@ def memoized(retrieve: SystemFn) -> SystemFn:
             runs[dataset.name] = retrieve(dataset, queries, k)
         return runs[dataset.name]
 
+    run.__dict__.update(retrieve.__dict__)  # keep what the system carries (its model, its engine)
     return run
 
 

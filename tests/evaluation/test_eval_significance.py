@@ -102,3 +102,18 @@ def test_eval_baseline_option_and_unknown_baseline(dataset: Path, fake_systems: 
     bad = CliRunner().invoke(app, ["eval", "-d", str(dataset), "--output-dir", str(out), "--baseline", "bm25"])
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == ["error: --baseline 'bm25' is not one of the systems: weak, strong"]
+
+
+def test_memoized_systems_keep_their_provenance() -> None:
+    from sbmoe.evaluation.systems import memoized
+
+    def dense(data, queries, k):  # noqa: ANN001, ANN202
+        return {}
+
+    def lexical(data, queries, k):  # noqa: ANN001, ANN202
+        return {}
+
+    dense.describe = lambda: {"model": "m", "fingerprint": "abc"}  # type: ignore[attr-defined]
+    lexical.engine = "bm25s"  # type: ignore[attr-defined]
+    described = benchmark.system_provenance({"m": memoized(dense), "bm25": memoized(lexical)})
+    assert described == {"m": {"model": "m", "fingerprint": "abc"}, "bm25": {"engine": "bm25s"}}
