@@ -1,0 +1,142 @@
+"""Tables, tests and plots of the paper-recipe grid (eval/sbmoe_recipe.py) from the cells written so far.
+
+    python eval/sbmoe_recipe.py --summarize
+
+Writes eval/results/sbmoe_recipe.{json,md,png}. Systems are an arm with its inference mode (``paper:top1``,
+``paper:all``, ...); three seeds form a seed group (mean +- std over seeds; tests on each query's nDCG@10
+averaged over the seeds). Every system is tested against the untouched encoder (``base``) and against the
+E = 1 adapter (``single``: a gain that E = 1 also has is not routing), per dataset, with a paired two-sided
+t-test and a paired randomization test, Holm-corrected over systems x datasets (sbmoe.evaluation.significance).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from sbmoe.atomic import atomic_file, write_json
+from sbmoe.evaluation.significance import compare_to_baseline
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CELLS = RESULTS / "sbmoe_recipe" / "cells"
+METRIC = "nDCG@10"
+
+
+def load_cells(folder: Path = CELLS) -> list[dict]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+def system_name(arm: str, mode: str) -> str:
+    return arm if mode in ("-", "random") or arm == "single" else f"{arm}:{mode}"
+
+
+def groups(cells: list[dict], encoder: str, train_set: str) -> dict[str, list[dict]]:
+    """system -> one {dataset: {metric: per-query}} table per seed; ``base`` from the encoder's base cell,
+    restricted to the datasets the trained arms were evaluated on."""
+    out: dict[str, list[dict]] = {}
+    trained = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
+    datasets = {d for c in trained for r in c["modes"].values() for d in r}
+    for cell in [c for c in cells if c["encoder"] == encoder and c["arm"] == "base"] + trained:
+        for mode, results in cell["modes"].items():
+            table = {d: {METRIC: r["per_query"]} for d, r in results.items() if d in datasets}
+            out.setdefault(system_name(cell["arm"], mode), []).append(table)
+    return out
+
+
+def summarize() -> dict:
+    cells = load_cells()
+    report: dict = {"cells": len(cells), "experiments": []}
+    lines = ["# SB-MoE under the paper's recipe (tier H: the head at full scale, encoder frozen)", "",
+             "Produced by `python eval/sbmoe_recipe.py --summarize` from the cells in "
+             "`eval/results/sbmoe_recipe/cells/` (each records its machine, threads, load and package versions). "
+             "nDCG@10, mean ± std over seeds; marks: ‡ paired randomization test and † paired t-test, "
+             "Holm-corrected over systems x datasets, alpha 0.05, against the column's baseline.", ""]
+    for encoder in sorted({c["encoder"] for c in cells}):
+        for train_set in [s for s in ("scifact", "medquad", "squad")
+                          if any(c["encoder"] == encoder and c.get("train_set") == s for c in cells)]:
+            scores = groups(cells, encoder, train_set)
+            if "base" not in scores:
+                continue
+            first = next(c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set)
+            datasets = list(next(iter(first["modes"].values())))
+            vs_base = compare_to_baseline(scores, baseline="base", test="both", correction="holm")
+            vs_single = (compare_to_baseline(scores, baseline="single", test="both", correction="holm")
+                         if "single" in scores else None)
+            report["experiments"].append({"encoder": encoder, "train_set": train_set, "datasets": datasets,
+                                          "vs_base": vs_base.to_json(),
+                                          "vs_single": vs_single.to_json() if vs_single else None})
+            zero_shot = datasets[1:]
+            lines += [f"## {encoder} trained on {train_set}", "",
+                      "| system | seeds | " + " | ".join(datasets) + (" | zero-shot mean |" if zero_shot else "|"),
+                      "|---|---|" + "---|" * len(datasets) + ("---|" if zero_shot else "")]
+            for system in scores:
+                cells_md = []
+                for d in datasets:
+                    s = vs_base.summary(system, d, METRIC)
+                    if s is None:
+                        cells_md.append("")
+                        continue
+                    marks = vs_base.mark(system, d, METRIC)
+                    single_marks = vs_single.mark(system, d, METRIC) if vs_single else ""
+                    text = f"{s.mean:.4f}" + (f" ± {s.std:.4f}" if s.seeds > 1 else "")
+                    text += f" {marks}" if marks else ""
+                    text += f" (vs E=1: {single_marks})" if single_marks else ""
+                    cells_md.append(text)
+                seeds = max(len(scores[system]), 1)
+                row = f"| {system} | {seeds} | " + " | ".join(cells_md) + " |"
+                if zero_shot:
+                    means = [vs_base.summary(system, d, METRIC) for d in zero_shot]
+                    row += f" {statistics.mean(m.mean for m in means):.4f} |" if all(means) else " |"
+                lines.append(row)
+            dev = {}
+            for c in cells:
+                if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("dev_curve"):
+                    dev.setdefault(c["arm"], []).append(c["dev_curve"][-1]["dev_ndcg10"])
+            lines += ["", "Dev nDCG@10 after the last epoch (mean over seeds): " + ", ".join(
+                f"{arm} {statistics.mean(v):.4f}" for arm, v in dev.items()), ""]
+            routing = {}
+            for c in cells:
+                if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("routing"):
+                    r = c["routing"][train_set]
+                    routing.setdefault(c["arm"], []).append((r["usage_entropy_ln_e"], r["same_expert_share"],
+                                                             r["chance_share"]))
+            if routing:
+                lines += ["Routing on the in-domain test set (top-1 expert): usage entropy of the documents in "
+                          "units of ln E / share of (query, relevant document) pairs sent to the same expert / "
+                          "that share by chance: " + "; ".join(
+                              f"{arm} {statistics.mean(x[0] for x in v):.2f} / {statistics.mean(x[1] for x in v):.2f}"
+                              f" / {statistics.mean(x[2] for x in v):.2f}" for arm, v in routing.items()), ""]
+    lines += ["Legend (vs base): " + (report["experiments"][0]["vs_base"]["legend"] if report["experiments"] else "")]
+    write_json(RESULTS / "sbmoe_recipe.json", report)
+    with atomic_file(RESULTS / "sbmoe_recipe.md", "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    plot(cells)
+    return report
+
+
+def plot(cells: list[dict]) -> None:
+    """Dev nDCG@10 per epoch for every trained cell, one panel per (encoder, training set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from report import save_png
+
+    panels = sorted({(c["encoder"], c["train_set"]) for c in cells if c.get("dev_curve")})
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    colors: dict[str, str] = {}
+    for ax, (encoder, train_set) in zip(axes[0], panels, strict=True):
+        for c in cells:
+            if (c["encoder"], c.get("train_set")) == (encoder, train_set) and c.get("dev_curve"):
+                color = colors.setdefault(c["arm"], f"C{len(colors)}")
+                ax.plot([p["epoch"] for p in c["dev_curve"]], [p["dev_ndcg10"] for p in c["dev_curve"]],
+                        color=color, alpha=0.7, label=c["arm"] if c["seed"] == 0 else None)
+        ax.set_title(f"{encoder} on {train_set}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev nDCG@10")
+        ax.legend(fontsize=7)
+    save_png(fig, RESULTS / "sbmoe_recipe.png")
