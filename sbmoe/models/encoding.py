@@ -122,7 +122,7 @@ def encode_texts(
     tokenizer = model.tokenizer
     tokens = TokenizedTexts.build(tokenizer, texts, model.max_seq_length)
     pad_id, left = tokenizer.pad_token_id or 0, tokenizer.padding_side == "left"
-    route = {"task": task} if task and any(isinstance(m, Router) for m in model.modules()) else {}
+    route = {"task": task} if task and any(isinstance(m, Router) for m in model.children()) else {}  # top level
     bar = progress or tqdm(total=len(texts), desc="Encoding", unit="doc", disable=not show_progress)
     for rows in token_budget_batches(tokens.lengths, batch_size, max_tokens):
         features = tokens.pad(rows, pad_id, left)
