@@ -195,17 +195,18 @@ def train(config: TrainConfig) -> Path:
     if config.patience and evaluator is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():  # the log opens with the resolved recipe (again after each resume)
-        with open(config.checkpoint_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"recipe": config.recipe, "config": config_record(config),
-                                     "temperature": temperature, "normalize": normalize}) + "\n")
-        logger.info("training with %s", config_record(config))
     resume = last_complete_checkpoint(config.checkpoint_dir)
     distributed.barrier()
-    position = 0
+    start_step = 0
     if resume is not None:
         logger.warning("resuming from %s", resume)
-        position = checkpoint_step(resume) * global_batch
+        start_step = checkpoint_step(resume)
+    position = start_step * global_batch
+    if distributed.is_main():  # the log opens with the resolved recipe, again from the step a resume starts at
+        with open(config.checkpoint_dir / "train_log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": start_step, "recipe": config.recipe, "config": config_record(config),
+                                     "temperature": temperature, "normalize": normalize}) + "\n")
+        logger.info("training with %s", config_record(config))
     train_set = data.stream.dataset(position) if streaming else Dataset.from_dict(data.columns())
     trainer = SentenceTransformerTrainer(model=trainee, args=args, train_dataset=train_set, loss=loss,
                                          evaluator=evaluator, callbacks=callbacks)
