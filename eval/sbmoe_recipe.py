@@ -24,6 +24,9 @@ Arms (3 seeds each; a head is evaluated with top-1 and with dense inference from
   query    the best gate on the query side only: documents keep the base embeddings (an index is reused)
 and one ``base`` cell per encoder (the encoder untouched, as it ships: its own normalisation).
 
+Scale curve: ``--sets squad@1000,squad@4000,squad@16000`` trains on nested seeded subsets of the SQuAD
+training queries (the same dev hold-out), evaluated on the SQuAD test split.
+
 Each cell (encoder x training set x arm x seed) is written to eval/results/sbmoe_recipe/cells/ when it
 finishes and skipped on the next run: the command resumes after a kill; a budget decides how many cells a
 call runs. Pooled embeddings are cached under eval/cache/sbmoe_recipe/ (not committed).
@@ -68,10 +71,19 @@ ARMS: dict[str, dict] = {
 DEV_QUERIES, DEV_DISTRACTORS = 1000, 1000
 
 
+def split_name(train_set: str) -> tuple[str, int | None]:
+    """``squad@4000`` -> ("squad", 4000): the first 4,000 of a seeded shuffle of the training queries (nested
+    subsets, the scale curve); a plain name -> all of them."""
+    name, _, size = train_set.partition("@")
+    return name, int(size) if size else None
+
+
 def eval_sets(train_set: str) -> list[str]:
-    """In-domain first, then the zero-shot sets (SciFact-trained heads are evaluated in-domain only)."""
-    if train_set == "scifact":
-        return ["scifact"]
+    """In-domain first, then the zero-shot sets (SciFact-trained heads and scale-curve subsets are evaluated
+    in-domain only)."""
+    name, size = split_name(train_set)
+    if name == "scifact" or size is not None:
+        return [name]
     other = "squad" if train_set == "medquad" else "medquad"
     return [train_set, *[s for s in ZERO_SHOT if s != train_set], other]
 
@@ -168,12 +180,17 @@ def evaluate(embeddings: Embeddings, datasets: list[str], encode_q, encode_d) ->
 
 def training_pairs(embeddings: Embeddings, train_set: str) -> dict:
     """Train pairs (query row, document row), the dev hold-out and its distractors, for one training set."""
-    data = BeirDataset.open(train_set)
+    name, size = split_name(train_set)
+    data = BeirDataset.open(name)
     queries, qrels = data.load_split("train")
     qids = sorted(q for q in queries if any(r > 0 for r in qrels.get(q, {}).values()))
     dev = set(random.Random(0).sample(qids, min(DEV_QUERIES, max(1, round(0.1 * len(qids))))))
-    q_ids, _ = embeddings.get(train_set, "queries")
-    d_ids, _ = embeddings.get(train_set, "corpus")
+    if size is not None:  # the dev hold-out is the full set's, so every subset is scored on the same dev queries
+        kept = [q for q in qids if q not in dev]
+        random.Random(1).shuffle(kept)
+        qids = sorted(set(kept[:size]) | dev)
+    q_ids, _ = embeddings.get(name, "queries")
+    d_ids, _ = embeddings.get(name, "corpus")
     q_row = {q: n for n, q in enumerate(q_ids)}
     d_row = {d: n for n, d in enumerate(d_ids)}
     pairs = [(q_row[q], d_row[d]) for q in qids if q not in dev for d, r in sorted(qrels[q].items())
@@ -226,16 +243,17 @@ def run_base(encoder: str, embeddings: Embeddings) -> dict:
 def run_arm(encoder: str, train_set: str, arm: str, seed: int, embeddings: Embeddings, epochs: int) -> dict:
     settings = ARMS[arm]
     data = training_pairs(embeddings, train_set)
-    q_ids, q_vectors = embeddings.get(train_set, "queries")
-    d_ids, d_vectors = embeddings.get(train_set, "corpus")
+    name = split_name(train_set)[0]
+    _, q_vectors = embeddings.get(name, "queries")
+    _, d_vectors = embeddings.get(name, "corpus")
     queries, docs = torch.from_numpy(np.asarray(q_vectors)), torch.from_numpy(np.asarray(d_vectors))
     torch.manual_seed(seed)
     head = SBMoEHead(queries.shape[1], settings["experts"], gate=settings["gate"], aux_loss_weight=0.0,
                      mode="random" if arm == "random" else "top1")
     before = {n: p.detach().clone() for n, p in head.named_parameters()}
     config = HeadTrainConfig(epochs=epochs, seed=seed, head_side=settings.get("head_side", "both"))
-    dev_q = embeddings.rows(train_set, "queries", data["dev"])
-    dev_d = embeddings.rows(train_set, "corpus", data["dev_docs"])
+    dev_q = embeddings.rows(name, "queries", data["dev"])
+    dev_d = embeddings.rows(name, "corpus", data["dev_docs"])
     curve = []
 
     def on_epoch(epoch: int, loss: float) -> None:
@@ -260,7 +278,7 @@ def run_arm(encoder: str, train_set: str, arm: str, seed: int, embeddings: Embed
 
         record["modes"][mode] = evaluate(embeddings, eval_sets(train_set), encode_q, encode_d)
     if settings["experts"] > 1 and arm != "random":
-        record["routing"] = {name: routing_stats(head, embeddings, name) for name in eval_sets(train_set)}
+        record["routing"] = {s: routing_stats(head, embeddings, s) for s in eval_sets(train_set)}
     return record
 
 

@@ -45,6 +45,12 @@ def groups(cells: list[dict], encoder: str, train_set: str) -> dict[str, list[di
     return out
 
 
+def set_order(train_set: str) -> tuple[int, int]:
+    """scifact, medquad, squad, then the SQuAD subsets by size."""
+    name, _, size = train_set.partition("@")
+    return (["scifact", "medquad", "squad"].index(name) if not size else 3, int(size or 0))
+
+
 def summarize() -> dict:
     cells = load_cells()
     report: dict = {"cells": len(cells), "experiments": []}
@@ -54,8 +60,8 @@ def summarize() -> dict:
              "nDCG@10, mean ± std over seeds; marks: ‡ paired randomization test and † paired t-test, "
              "Holm-corrected over systems x datasets, alpha 0.05, against the column's baseline.", ""]
     for encoder in sorted({c["encoder"] for c in cells}):
-        for train_set in [s for s in ("scifact", "medquad", "squad")
-                          if any(c["encoder"] == encoder and c.get("train_set") == s for c in cells)]:
+        trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
+        for train_set in sorted(trained, key=set_order):
             scores = groups(cells, encoder, train_set)
             if "base" not in scores:
                 continue
@@ -99,7 +105,7 @@ def summarize() -> dict:
             routing = {}
             for c in cells:
                 if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("routing"):
-                    r = c["routing"][train_set]
+                    r = c["routing"][train_set.split("@")[0]]
                     routing.setdefault(c["arm"], []).append((r["usage_entropy_ln_e"], r["same_expert_share"],
                                                              r["chance_share"]))
             if routing:
