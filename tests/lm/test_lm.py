@@ -91,7 +91,7 @@ def test_lm_cli_trains_resumes_and_evaluates(tmp_path: Path) -> None:
     from sbmoe.cli import app
 
     args = ["lm", "train", "-o", str(tmp_path / "lm"), "--pool", "group", "--reuse", "2", "--psr", "step",
-            "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--seq-len", "16", "--vocab", "400",
+            "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--seq-len", "64", "--vocab", "400",
             "--layers", "2", "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
     runner = CliRunner()
     trained = runner.invoke(app, args)
@@ -121,7 +121,7 @@ def test_lm_cli_evaluates_a_model_on_the_corpus_it_trained_on(tmp_path: Path) ->
     from sbmoe.cli import app
 
     args = ["lm", "train", "-o", str(tmp_path / "lm"), "--corpus", "tinyshakespeare", "--steps", "2",
-            "--eval-every", "2", "--batch-size", "2", "--seq-len", "16", "--vocab", "400", "--layers", "2",
+            "--eval-every", "2", "--batch-size", "2", "--seq-len", "64", "--vocab", "400", "--layers", "2",
             "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
     runner = CliRunner()
     trained = runner.invoke(app, args)
