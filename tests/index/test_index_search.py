@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sbmoe.atomic import WriteFailedError
 from sbmoe.data import BeirDataset
 from sbmoe.index.builder import IndexConfig, build_index
 from sbmoe.index.faiss_index import DenseIndex, IndexMeta, IndexMismatchError
@@ -56,11 +57,11 @@ def test_index_save_is_atomic_and_does_not_clobber(tmp_path: Path, monkeypatch: 
         raise OSError("disk full")
 
     monkeypatch.setattr("faiss.write_index", broken_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteFailedError, match="idx: write failed: disk full"):  # one line for the user
         index.save(tmp_path / "idx", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left behind
     assert DenseIndex.load(tmp_path / "idx").doc_ids == list("abcd")  # the old index survived
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailedError):
         index.save(tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
