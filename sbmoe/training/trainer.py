@@ -3,8 +3,9 @@
 Data: a BEIR train split (positives from qrels, one hard negative per pair mined with the base encoder)
 or a triples file (TSV ``query<TAB>positive<TAB>negative`` or JSONL with those keys). A seeded slice of
 the training queries is held out as a dev set; its nDCG@10 drives evaluation, keep-best and early
-stopping. Loss: MultipleNegativesRankingLoss (in-batch + hard negatives, dot products / temperature)
-plus the routers' auxiliary loss. Checkpoints go to ``<output>-checkpoints``; rerunning the same command
+stopping. Loss: MultipleNegativesRankingLoss (in-batch + hard negatives, or in-batch only for pairs; dot
+products / temperature) plus the routers' auxiliary loss, computed over length-sorted micro-batches with the
+full batch's gradients (``CachedRankingLoss``). ``--recipe paper`` sets the SB-MoE paper's settings at once. Checkpoints go to ``<output>-checkpoints``; rerunning the same command
 resumes from the last complete one (a triples stream restarts at ``global_step * global_batch``, so the
 data order, like the optimizer and RNG states, continues exactly). The final model is written atomically
 to ``output``. Under ``torchrun`` the run is data-parallel: ``--batch-size`` is per process, the ranking
@@ -128,7 +129,8 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train, keep the best dev checkpoint, and write the final sentence-transformers folder."""
+    """Train, keep the best dev checkpoint (or the last step's, ``keep="last"``), and write the final
+    sentence-transformers folder."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
