@@ -5,12 +5,12 @@ or a triples file (TSV ``query<TAB>positive<TAB>negative`` or JSONL with those k
 the training queries is held out as a dev set; its nDCG@10 drives evaluation, keep-best and early
 stopping. Loss: MultipleNegativesRankingLoss (in-batch + hard negatives, or in-batch only for pairs; dot
 products / temperature) plus the routers' auxiliary loss, computed over length-sorted micro-batches with the
-full batch's gradients (``CachedRankingLoss``). ``--recipe paper`` sets the SB-MoE paper's settings at once. Checkpoints go to ``<output>-checkpoints``; rerunning the same command
-resumes from the last complete one (a triples stream restarts at ``global_step * global_batch``, so the
-data order, like the optimizer and RNG states, continues exactly). The final model is written atomically
-to ``output``. Under ``torchrun`` the run is data-parallel: ``--batch-size`` is per process, the ranking
-loss gathers every rank's embeddings (so it equals the one-process loss over the global batch), and only
-rank 0 writes the log and the model.
+full batch's gradients (``CachedRankingLoss``). ``--recipe paper`` sets the SB-MoE paper's settings at once.
+Checkpoints go to ``<output>-checkpoints``; rerunning the same command resumes from the last complete one (a
+triples stream restarts at ``global_step * global_batch``, so the data order, like the optimizer and RNG
+states, continues exactly). The final model is written atomically to ``output``. Under ``torchrun`` the run is
+data-parallel: ``--batch-size`` is per process, the ranking loss gathers every rank's embeddings (so it equals
+the one-process loss over the global batch), and only rank 0 writes the log and the model.
 """
 
 from __future__ import annotations
