@@ -15,6 +15,7 @@ if sys.argv[1] == "fixed":
     assert return_freed_tensors()
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+np.random.default_rng(0).integers(1, 2, 1)  # numpy loads its random module on first use: not heap growth
 start, keep = rss_mb(), []
 for round_ in range(40):  # blocks of changing sizes, as activations of length-sorted batches are
     sizes = np.random.default_rng(round_).integers(1 << 20, 16 << 20, 12)
