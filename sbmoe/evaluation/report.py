@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__
 from ..atomic import atomic_file, write_json
+from ..version import __version__
 from .significance import SignificanceReport
 
 PER_QUERY_COLUMNS = ("system", "dataset", "query", "metric", "value")

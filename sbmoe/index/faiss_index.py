@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
 from ..atomic import atomic_dir
 from ..runs import Run, SelfHits, top_hits
+from ..version import __version__
 
 if TYPE_CHECKING:  # faiss and the encoder stack load when an index is built or read, not with IndexType
     import faiss

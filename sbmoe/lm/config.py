@@ -1,14 +1,13 @@
 """The LM testbed's settings (``sbmoe lm train``), defined once and importable without torch, so the command
-line can show them as defaults before anything heavy loads. ``POOL_MODES`` and ``PSR_SCHEDULES`` are the
-names ReXMoE (``sbmoe.moe.rexmoe``) understands."""
+line can show them as defaults before anything heavy loads. ``POOL_MODES`` and ``PSR_SCHEDULES`` (from
+``sbmoe.moe.pools``) are the names ReXMoE understands."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-POOL_MODES = ("local", "group", "sliding")
-PSR_SCHEDULES = ("none", "linear", "step")
+from ..moe.pools import POOL_MODES, PSR_SCHEDULES
 
 PSR_FRACTION = 0.5  # default share of training over which PSR unmasks, when a PSR schedule is chosen
 

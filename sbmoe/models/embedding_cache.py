@@ -168,7 +168,7 @@ def encoder_signature(config: EncoderConfig) -> str | None:
     None where no such signature exists (hub ids, non-torch backends)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from ..version import __version__
     from .aliases import ModelLoadError, resolve_model_name
 
     if config.backend != "torch":

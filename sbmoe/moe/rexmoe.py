@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..lm.config import POOL_MODES, PSR_SCHEDULES
 from .moe_layer import MoEFeedForward
+from .pools import POOL_MODES, PSR_SCHEDULES
 from .router import switch_load_balancing_loss
 
 
