@@ -123,26 +123,50 @@ def summarize() -> dict:
 
 
 def plot(cells: list[dict]) -> None:
-    """Dev nDCG@10 per epoch for every trained cell, one panel per (encoder, training set)."""
+    """Dev nDCG@10 per epoch for every trained cell, one panel per (encoder, training set); and the scale
+    curve: SQuAD test nDCG@10 against the number of training queries, per system (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from report import save_png
 
-    panels = sorted({(c["encoder"], c["train_set"]) for c in cells if c.get("dev_curve")})
+    panels = sorted({(c["encoder"], c["train_set"]) for c in cells if c.get("dev_curve")},
+                    key=lambda p: (p[0], set_order(p[1])))
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    columns = 4
+    rows = -(-(len(panels) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    flat = list(axes.flat)
     colors: dict[str, str] = {}
-    for ax, (encoder, train_set) in zip(axes[0], panels, strict=True):
+    for ax, (encoder, train_set) in zip(flat, panels, strict=False):
         for c in cells:
             if (c["encoder"], c.get("train_set")) == (encoder, train_set) and c.get("dev_curve"):
                 color = colors.setdefault(c["arm"], f"C{len(colors)}")
                 ax.plot([p["epoch"] for p in c["dev_curve"]], [p["dev_ndcg10"] for p in c["dev_curve"]],
                         color=color, alpha=0.7, label=c["arm"] if c["seed"] == 0 else None)
-        ax.set_title(f"{encoder} on {train_set}")
+        ax.set_title(f"{encoder} on {train_set}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("dev nDCG@10")
         ax.legend(fontsize=7)
+    scale = flat[len(panels)]
+    points: dict[str, dict[int, list[float]]] = {}
+    for c in cells:
+        name, _, size = (c.get("train_set") or "").partition("@")
+        if name != "squad":
+            continue
+        queries = int(size) if size else c.get("train_queries", 0)
+        for mode, results in c["modes"].items():
+            points.setdefault(system_name(c["arm"], mode), {}).setdefault(queries, []).append(results["squad"][METRIC])
+    for system, by_size in sorted(points.items()):
+        sizes = sorted(by_size)
+        scale.plot(sizes, [statistics.mean(by_size[n]) for n in sizes], marker="o", label=system)
+    scale.set_xscale("log")
+    scale.set_title("scale curve: SQuAD test", fontsize=9)
+    scale.set_xlabel("training queries")
+    scale.set_ylabel("nDCG@10")
+    scale.legend(fontsize=7)
+    for ax in flat[len(panels) + 1:]:
+        ax.axis("off")
     save_png(fig, RESULTS / "sbmoe_recipe.png")
