@@ -10,6 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from cli_errors import fails_with_one_line
 from typer.testing import CliRunner
 
 from sbmoe.cli import app
@@ -25,16 +26,6 @@ def collection(root: Path, corpus: bytes | str = CORPUS, queries: bytes | str = 
     for name, content in (("corpus.jsonl", corpus), ("queries.jsonl", queries), ("qrels/test.tsv", QRELS)):
         (root / name).write_bytes(content.encode() if isinstance(content, str) else content)
     return root
-
-
-def fails_with_one_line(*args: object) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def leftovers(folder: Path, name: str) -> list[str]:

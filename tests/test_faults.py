@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_errors import fails_with_one_line
 from typer.testing import CliRunner
 
 from sbmoe.atomic import WriteFailedError
@@ -40,17 +41,6 @@ from sbmoe.models.embedding_cache import CorpusEmbeddingCache, EmbeddingKey
 runner = CliRunner()
 LM_SMALL = dict(vocab_size=64, seq_len=8, n_layer=1, n_head=2, d_model=16, experts_per_layer=2, expert_hidden=16,
                 top_k=1)
-
-
-def fails_with_one_line(*args: object) -> str:
-    """Run the CLI; it must exit 1 with one ``error:`` line on stderr and no traceback. Returns that line."""
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def succeeds(*args: object) -> None:
