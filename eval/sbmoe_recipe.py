@@ -51,6 +51,7 @@ from sbmoe.atomic import atomic_file, write_json
 from sbmoe.data import BeirDataset
 from sbmoe.evaluation.metrics import per_query_table
 from sbmoe.models.sbmoe_head import SBMoEHead
+from sbmoe.runs import top_hits
 from sbmoe.training.embedding_head import HeadTrainConfig, apply_head, parameter_shift, train_head
 
 HERE = Path(__file__).resolve().parent
@@ -151,12 +152,9 @@ def search(queries: torch.Tensor, docs: torch.Tensor, qids: list[str], doc_ids: 
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(np.ascontiguousarray(docs.numpy(), dtype=np.float32))
     scores, rows = index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), k + 1)
-    run = {}
-    for qid, score_row, doc_row in zip(qids, scores, rows, strict=True):
-        hits = {doc_ids[r]: float(s) for s, r in zip(score_row, doc_row, strict=True)
-                if r >= 0 and not (drop_self_hits and doc_ids[r] == qid)}
-        run[qid] = dict(list(hits.items())[:k])
-    return run
+    return {qid: top_hits(((doc_ids[r], float(score)) for score, r in zip(score_row, doc_row, strict=True) if r >= 0),
+                          qid, k, drop_self_hits)
+            for qid, score_row, doc_row in zip(qids, scores, rows, strict=True)}
 
 
 def evaluate(embeddings: Embeddings, datasets: list[str], encode_q, encode_d) -> dict:
@@ -206,20 +204,20 @@ def training_pairs(embeddings: Embeddings, train_set: str) -> dict:
 def routing_stats(head: SBMoEHead, embeddings: Embeddings, name: str) -> dict:
     """Top-1 expert usage entropy over the test documents (in units of ln E) and the share of (query,
     relevant document) pairs whose query and document go to the same expert."""
+    from sbmoe.evaluation.routing import entropy, route, shares
+
     data = BeirDataset.open(name)
     queries, qrels = data.load_split("test")
     doc_ids, doc_vectors = embeddings.get(name, "corpus")
-    with torch.no_grad():
-        doc_expert = head.route(torch.from_numpy(np.asarray(doc_vectors)), mode="top1").weights.argmax(-1)
-        qids = sorted(q for q in queries if q in qrels)
-        q_expert = head.route(embeddings.rows(name, "queries", qids), mode="top1").weights.argmax(-1)
-    usage = torch.bincount(doc_expert, minlength=head.num_experts).double()
-    p = usage / usage.sum()
-    entropy = float(-(p[p > 0] * p[p > 0].log()).sum() / math.log(head.num_experts))
+    qids = sorted(q for q in queries if q in qrels)
+    doc_expert = route(head, doc_vectors)
+    q_expert = route(head, embeddings.rows(name, "queries", qids).numpy())
+    p = shares(doc_expert, head.num_experts)
     row = {d: n for n, d in enumerate(doc_ids)}
     same = [int(q_expert[i] == doc_expert[row[d]]) for i, q in enumerate(qids) for d, r in qrels[q].items()
             if r > 0 and d in row]
-    return {"doc_usage": [round(float(x), 4) for x in p], "usage_entropy_ln_e": round(entropy, 4),
+    return {"doc_usage": [round(float(x), 4) for x in p],
+            "usage_entropy_ln_e": round(entropy(p) / math.log(head.num_experts), 4),
             "same_expert_share": round(sum(same) / max(len(same), 1), 4),
             "chance_share": round(float((p ** 2).sum()), 4)}
 
