@@ -70,7 +70,7 @@ def trainee(encoder: str, max_length: int):
 
 def features(model, rows: dict[str, list[str]]) -> list[dict]:
     """Each column tokenized and padded to its longest text, as the trainer's collator does."""
-    return [dict(model.tokenize(rows[column])) for column in ("anchor", "positive", "negative")]
+    return [dict(model.preprocess(rows[column])) for column in ("anchor", "positive", "negative")]
 
 
 def one_kind(encoder: str, max_length: int, kind: str, steps: int, micro_tokens: int) -> dict:

@@ -42,7 +42,7 @@ def batch(model: SentenceTransformer, columns: int, rows: int = 12) -> list[dict
     out = []
     for _ in range(columns):
         texts = [" ".join(rng.choices(WORDS, k=rng.randint(2, 40))) for _ in range(rows)]
-        out.append(dict(model.tokenize(texts)))
+        out.append(dict(model.preprocess(texts)))
     return out
 
 
