@@ -92,9 +92,11 @@ def eval_sets(train_set: str) -> list[str]:
 class Embeddings:
     """Pooled base-encoder embeddings of every document and query of a dataset, encoded once and cached."""
 
-    def __init__(self, encoder: str, batch_size: int = 64) -> None:
-        self.encoder, self.batch_size = encoder, batch_size
-        self._model = None
+    def __init__(self, encoder: str, batch_size: int = 64, model=None, cache: bool = True) -> None:
+        """``model``: a loaded (e.g. fine-tuned) model to encode with instead of ``encoder``'s base weights;
+        ``cache=False`` keeps its embeddings in memory only."""
+        self.encoder, self.batch_size, self.cache = encoder, batch_size, cache
+        self._model = model
         self._memo: dict[tuple[str, str], tuple[list[str], np.ndarray]] = {}
 
     @property
@@ -112,7 +114,7 @@ class Embeddings:
             return self._memo[key]
         folder = CACHE / self.encoder
         ids_path, npy_path = folder / f"{dataset}.{what}.ids.json", folder / f"{dataset}.{what}.npy"
-        if ids_path.exists() and npy_path.exists():
+        if self.cache and ids_path.exists() and npy_path.exists():
             ids, vectors = json.loads(ids_path.read_text(encoding="utf-8")), np.load(npy_path)
         else:
             from sbmoe.models.encoding import encode_texts
@@ -131,10 +133,11 @@ class Embeddings:
                                    show_progress=sys.stderr.isatty())
             print(f"encoded {dataset} {what}: {len(ids)} texts in {(time.perf_counter() - started) / 60:.1f} min",
                   flush=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_file(npy_path, "wb") as handle:
-                np.save(handle, vectors)
-            write_json(ids_path, ids)
+            if self.cache:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_file(npy_path, "wb") as handle:
+                    np.save(handle, vectors)
+                write_json(ids_path, ids)
         self._memo[key] = (ids, vectors)
         return ids, vectors
 
@@ -176,29 +179,37 @@ def evaluate(embeddings: Embeddings, datasets: list[str], encode_q, encode_d) ->
     return out
 
 
-def training_pairs(embeddings: Embeddings, train_set: str) -> dict:
-    """Train pairs (query row, document row), the dev hold-out and its distractors, for one training set."""
+def split_queries(train_set: str) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
+    """(training query ids, dev query ids, the split's qrels) of one training set: a seeded dev hold-out of
+    10% of the training queries (at most 1,000) and, for ``squad@N``, the first N of a seeded shuffle of the
+    rest. The one split of both tiers (eval/sbmoe_recipe_encoder.py trains the encoder on it)."""
     name, size = split_name(train_set)
-    data = BeirDataset.open(name)
-    queries, qrels = data.load_split("train")
+    queries, qrels = BeirDataset.open(name).load_split("train")
     qids = sorted(q for q in queries if any(r > 0 for r in qrels.get(q, {}).values()))
     dev = set(random.Random(0).sample(qids, min(DEV_QUERIES, max(1, round(0.1 * len(qids))))))
     if size is not None:  # the dev hold-out is the full set's, so every subset is scored on the same dev queries
         kept = [q for q in qids if q not in dev]
         random.Random(1).shuffle(kept)
         qids = sorted(set(kept[:size]) | dev)
+    return [q for q in qids if q not in dev], sorted(dev), qrels
+
+
+def training_pairs(embeddings: Embeddings, train_set: str) -> dict:
+    """Train pairs (query row, document row), the dev hold-out and its distractors, for one training set."""
+    name = split_name(train_set)[0]
+    train_qids, dev_qids, qrels = split_queries(train_set)
+    dev = set(dev_qids)
     q_ids, _ = embeddings.get(name, "queries")
     d_ids, _ = embeddings.get(name, "corpus")
     q_row = {q: n for n, q in enumerate(q_ids)}
     d_row = {d: n for n, d in enumerate(d_ids)}
-    pairs = [(q_row[q], d_row[d]) for q in qids if q not in dev for d, r in sorted(qrels[q].items())
-             if r > 0 and d in d_row]
+    pairs = [(q_row[q], d_row[d]) for q in train_qids for d, r in sorted(qrels[q].items()) if r > 0 and d in d_row]
     dev_docs = {d for q in dev for d, r in qrels[q].items() if r > 0 and d in d_row}
     others = sorted(set(d_row) - dev_docs)
     dev_docs |= set(random.Random(0).sample(others, min(DEV_DISTRACTORS, len(others))))
     return {"pairs": np.asarray(pairs, dtype=np.int64), "dev": sorted(dev), "dev_docs": sorted(dev_docs),
             "qrels": {q: {d: r for d, r in qrels[q].items() if r > 0} for q in dev},
-            "train_queries": len(qids) - len(dev)}
+            "train_queries": len(train_qids)}
 
 
 def routing_stats(head: SBMoEHead, embeddings: Embeddings, name: str) -> dict:
@@ -267,17 +278,81 @@ def run_arm(encoder: str, train_set: str, arm: str, seed: int, embeddings: Embed
     record = {"train_minutes": round((time.perf_counter() - started) / 60, 2), "train_pairs": len(data["pairs"]),
               "train_queries": data["train_queries"], "dev_queries": len(data["dev"]), "dev_curve": curve,
               "parameter_shift": parameter_shift(before, head), "modes": {}, "routing": {}}
-    for mode in settings["modes"]:
+    record.update(evaluate_head(head, embeddings, train_set, settings["modes"], config.head_side))
+    return record
+
+
+def evaluate_head(head: SBMoEHead, embeddings: Embeddings, train_set: str, modes: list[str],
+                  head_side: str = "both") -> dict:
+    """{"modes": {mode: evaluate(...)}, "routing": {dataset: routing_stats}} of a trained head on the pooled
+    embeddings (routing for heads of several experts with a learnt or fixed gate, not the random control)."""
+    out: dict = {"modes": {}, "routing": {}}
+    for mode in modes:
         def encode_q(x: torch.Tensor, mode: str = mode) -> torch.Tensor:
             return apply_head(head, x, mode)
 
         def encode_d(x: torch.Tensor, mode: str = mode) -> torch.Tensor:
-            return apply_head(head, x, mode) if config.head_side == "both" else x
+            return apply_head(head, x, mode) if head_side == "both" else x
 
-        record["modes"][mode] = evaluate(embeddings, eval_sets(train_set), encode_q, encode_d)
-    if settings["experts"] > 1 and arm != "random":
-        record["routing"] = {s: routing_stats(head, embeddings, s) for s in eval_sets(train_set)}
+        out["modes"][mode] = evaluate(embeddings, eval_sets(train_set), encode_q, encode_d)
+    if head.num_experts > 1 and "random" not in modes:
+        out["routing"] = {s: routing_stats(head, embeddings, s) for s in eval_sets(train_set)}
+    return out
+
+
+def pack(record: dict, out: Path) -> dict:
+    """The cell with each per-query table as a list in the order of its dataset's query ids, which are
+    written once to ``out/qids/<dataset>.json``: a SQuAD cell shrinks about fivefold. A table whose ids
+    differ from that file's stays a dict."""
+    for results in record.get("modes", {}).values():
+        for name, result in results.items():
+            table = result.get("per_query")
+            if not isinstance(table, dict):
+                continue
+            qids, path = sorted(table), out / "qids" / f"{name}.json"
+            if not path.exists():
+                write_json(path, qids)
+            if json.loads(path.read_text(encoding="utf-8")) == qids:
+                result["per_query"] = [table[q] for q in qids]
     return record
+
+
+def render(record: dict) -> str:
+    """Pretty JSON with each list of numbers on one line (per-query tables, expert usage)."""
+    import re
+
+    text = json.dumps(record, indent=2)
+    return re.sub(r"\[[-\d\s.,eE+]*\]", lambda m: json.dumps(json.loads(m.group(0))), text) + "\n"
+
+
+def write_cell(path: Path, record: dict) -> None:
+    with atomic_file(path, "w") as handle:
+        handle.write(render(record))
+
+
+def unpack(record: dict, out: Path) -> dict:
+    """The inverse of ``pack``: every per-query table as {qid: nDCG@10}."""
+    for results in record.get("modes", {}).values():
+        for name, result in results.items():
+            if isinstance(result.get("per_query"), list):
+                qids = json.loads((out / "qids" / f"{name}.json").read_text(encoding="utf-8"))
+                result["per_query"] = dict(zip(qids, result["per_query"], strict=True))
+    return record
+
+
+def pack_cells(out: Path) -> int:
+    """Rewrite the cells not yet in packed, rendered form (each checked to unpack to what it held)."""
+    count = 0
+    for path in sorted((out / "cells").glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        record = unpack(json.loads(text), out)
+        packed = pack(json.loads(json.dumps(record)), out)
+        if unpack(json.loads(json.dumps(packed)), out) != record:
+            raise SystemExit(f"{path}: packing does not round-trip")
+        if render(packed) != text:
+            write_cell(path, packed)
+            count += 1
+    return count
 
 
 def cell_path(out: Path, encoder: str, train_set: str | None, arm: str, seed: int | None) -> Path:
@@ -330,7 +405,7 @@ def run_grid(args: argparse.Namespace) -> None:
                           else run_arm(encoder, train_set, arm, seed, embeddings, args.epochs))
             last = (time.perf_counter() - cell_start) / 60
             record["minutes"] = round(last, 2)
-            write_json(path, record)
+            write_cell(path, pack(record, args.out))
             if args.commit:
                 commit(path, f"Recipe cell: {path.stem} ({last:.1f} min)")
             means = {m: round(next(iter(r.values()))["nDCG@10"], 4) for m, r in record["modes"].items()}
@@ -364,8 +439,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--commit", action="store_true", help="git-commit each cell as soon as it is written")
     parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--pack", action="store_true", help="rewrite cells with dict per-query tables packed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pack:
+        print(f"packed {pack_cells(args.out)} cells", flush=True)
+        return
     if args.summarize:
         from sbmoe_recipe_summary import summarize
 

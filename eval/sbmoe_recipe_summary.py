@@ -25,7 +25,9 @@ METRIC = "nDCG@10"
 
 
 def load_cells(folder: Path = CELLS) -> list[dict]:
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    from sbmoe_recipe import unpack
+
+    return [unpack(json.loads(p.read_text(encoding="utf-8")), folder.parent) for p in sorted(folder.glob("*.json"))]
 
 
 def system_name(arm: str, mode: str) -> str:
