@@ -471,6 +471,8 @@ def train_command(
                                         "base embeddings."),
     dev_fraction: float = typer.Option(TRN.dev_fraction, help="Share of training queries held out for dev nDCG@10."),
     dev_max_rows: int = typer.Option(TRN.dev_max_rows, help="At most this many triples-file rows held out."),
+    dev_split: str | None = typer.Option(TRN.dev_split, help="Dev queries from this split of the BEIR dataset "
+                                         "(the same for every seed) instead of --dev-fraction of the training ones."),
     eval_steps: int | None = typer.Option(None, help="Evaluate and checkpoint every N steps (default: each epoch)."),
     save_steps: int | None = typer.Option(TRN.save_steps, help="Checkpoint every N steps (default: --eval-steps; "
                                           "a multiple of it when there is a dev set)."),
@@ -488,8 +490,8 @@ def train_command(
         weight_decay=weight_decay, scheduler=scheduler, max_grad_norm=max_grad_norm, batch_size=batch_size,
         micro_batch_tokens=micro_batch_tokens, epochs=epochs, max_steps=max_steps, max_length=max_length,
         temperature=temperature, normalize=normalize, keep=keep, seed=seed, freeze_encoder=freeze_encoder,
-        dev_fraction=dev_fraction, dev_max_rows=dev_max_rows, eval_steps=eval_steps, save_steps=save_steps,
-        patience=patience, show_progress=progress(), overwrite=overwrite))
+        dev_fraction=dev_fraction, dev_max_rows=dev_max_rows, dev_split=dev_split, eval_steps=eval_steps,
+        save_steps=save_steps, patience=patience, show_progress=progress(), overwrite=overwrite))
     from .training.trainer import train
 
     saved = train(config)

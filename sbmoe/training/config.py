@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 42
     freeze_encoder: bool = False
     dev_fraction: float = 0.1
+    dev_split: str | None = None  # a BEIR split whose queries are the dev set (None: hold out dev_fraction)
     dev_distractors: int = 1000
     dev_max_rows: int = 1000  # cap on the rows a triples file holds out for dev evaluation
     eval_steps: int | None = None
@@ -106,6 +107,9 @@ class TrainConfig:
                              "top1|all|random and no --separate-heads")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"--micro-batch-tokens must be 0 (off) or positive, got {self.micro_batch_tokens}")
+        if self.dev_split is not None and Path(self.data).is_file():
+            raise ValueError("--dev-split names a split of a BEIR dataset; a triples file holds out --dev-fraction "
+                             "of its rows")
         if (self.collection is None) != (self.queries_file is None):
             raise ValueError("MS MARCO id triples need both --collection and --queries-file")
 

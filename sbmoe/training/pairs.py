@@ -142,10 +142,16 @@ def beir_data(dataset: BeirDataset, split: str, miner: SentenceTransformer, conf
     pair mined with ``miner`` (``negatives="mined"``) or none (``"none"``: in-batch negatives only).
 
     The negative is the highest-ranked document that is not judged relevant; dev evaluation searches the
-    dev queries' positives and their mined negatives plus ``dev_distractors`` random documents.
+    dev queries' positives and their mined negatives plus ``dev_distractors`` random documents. The dev
+    queries are a seeded ``dev_fraction`` of the split's, or those of ``dev_split`` when it is given.
     """
     queries, qrels = dataset.load_split(split, keep_unknown_docs=False)
-    dev_ids = _split_dev(list(queries), config.dev_fraction, config.seed)
+    if config.dev_split is None:
+        dev_ids = _split_dev(list(queries), config.dev_fraction, config.seed)
+    else:  # a fixed dev split: the same dev queries for every seed; a query judged in both is dev only
+        dev_queries, dev_qrels = dataset.load_split(config.dev_split, keep_unknown_docs=False)
+        queries, dev_ids = {**queries, **dev_queries}, set(dev_queries)
+        qrels = {**qrels, **dev_qrels}
     mine = config.negatives == "mined"
     run: dict[str, list[str]] = {}
     if mine:

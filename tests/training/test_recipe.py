@@ -137,6 +137,33 @@ def test_beir_pairs_without_mining_encode_nothing(tiny_encoder, scifact_slice: P
     assert set(data.columns()) == {"anchor", "positive"} and data.info["negatives"] == "none"
 
 
+def test_dev_split_is_the_dev_set_for_every_seed(tiny_encoder, scifact_slice: Path, tmp_path: Path) -> None:
+    """--dev-split: the dev queries are exactly that split's, whatever the seed; none of them is trained on."""
+    import shutil
+
+    from sbmoe.data import BeirDataset
+    from sbmoe.training import pairs
+
+    folder = tmp_path / "split"
+    shutil.copytree(scifact_slice, folder)
+    header, *rows = (folder / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
+    qids = sorted({row.split("\t")[0] for row in rows})
+    dev = set(qids[: max(1, len(qids) // 3)])
+    for name, keep in (("train", lambda q: q not in dev), ("dev", lambda q: q in dev)):
+        kept = [row for row in rows if keep(row.split("\t")[0])]
+        (folder / "qrels" / f"{name}.tsv").write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    dataset = BeirDataset.open(folder)
+    queries = dataset.load_queries()
+    for seed in (0, 1):
+        data = pairs.beir_data(dataset, "train", tiny_encoder,
+                               TrainConfig(negatives="none", dev_split="dev", dev_distractors=5, seed=seed))
+        assert set(data.dev_queries) == dev
+        assert not {queries[q] for q in dev} & set(data.anchors)
+        assert set(data.anchors) == {queries[q] for q in qids if q not in dev}
+    with pytest.raises(ValueError, match="--dev-split names a split of a BEIR dataset"):
+        TrainConfig(data=str(folder / "qrels" / "dev.tsv"), dev_split="dev").validate()
+
+
 def test_query_side_head_leaves_documents_as_the_base_model(tiny_bert_dir: Path, pairs_file: Path,
                                                             tmp_path: Path) -> None:
     from sbmoe.models.encoder import EncoderConfig, load_encoder
