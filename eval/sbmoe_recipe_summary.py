@@ -5,7 +5,8 @@
 Writes eval/results/sbmoe_recipe.{json,md,png}. Systems are an arm with its inference mode (``paper:top1``,
 ``paper:all``, ...); three seeds form a seed group (mean +- std over seeds; tests on each query's nDCG@10
 averaged over the seeds). Every system is tested against the untouched encoder (``base``) and against the
-E = 1 adapter (``single``: a gain that E = 1 also has is not routing), per dataset, with a paired two-sided
+E = 1 adapter (``single``: a gain that E = 1 also has is not routing) and, once tier E ran, against fine-tuning
+at its best lr (``E-ft@lr``), per dataset, with a paired two-sided
 t-test and a paired randomization test, Holm-corrected over systems x datasets (sbmoe.evaluation.significance).
 """
 
@@ -53,14 +54,25 @@ def set_order(train_set: str) -> tuple[int, int]:
     return (["scifact", "medquad", "squad"].index(name) if not size else 3, int(size or 0))
 
 
-def summarize() -> dict:
-    cells = load_cells()
+def finetune_system(cells: list[dict], encoder: str, train_set: str) -> str | None:
+    """Tier E's fine-tuning arm at its best lr: the best last-epoch dev nDCG@10 of the lr search (seed 0),
+    as eval/sbmoe_recipe_encoder.py chose it; None before the search ran."""
+    dev = {c["arm"]: c["dev_curve"][-1]["dev_ndcg10"] for c in cells
+           if c["encoder"] == encoder and c.get("train_set") == train_set and c["arm"].startswith("E-ft@")
+           and c["seed"] == 0 and c.get("dev_curve")}
+    return max(dev, key=dev.get) if dev else None
+
+
+def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
+    cells = load_cells(cells_folder)
     report: dict = {"cells": len(cells), "experiments": []}
-    lines = ["# SB-MoE under the paper's recipe (tier H: the head at full scale, encoder frozen)", "",
+    lines = ["# SB-MoE under the paper's recipe (tier H: the head at full scale, encoder frozen; tier E, arms "
+             "`E-*`: the encoder trained under the recipe, `E-ft@lr` plain fine-tuning)", "",
              "Produced by `python eval/sbmoe_recipe.py --summarize` from the cells in "
              "`eval/results/sbmoe_recipe/cells/` (each records its machine, threads, load and package versions). "
              "nDCG@10, mean ± std over seeds; marks: ‡ paired randomization test and † paired t-test, "
-             "Holm-corrected over systems x datasets, alpha 0.05, against the column's baseline.", ""]
+             "Holm-corrected over systems x datasets, alpha 0.05, against the untouched encoder (base); in "
+             "parentheses against E = 1 and, where tier E ran, against fine-tuning at its best lr (FT).", ""]
     for encoder in sorted({c["encoder"] for c in cells}):
         trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
         for train_set in sorted(trained, key=set_order):
@@ -72,9 +84,13 @@ def summarize() -> dict:
             vs_base = compare_to_baseline(scores, baseline="base", test="both", correction="holm")
             vs_single = (compare_to_baseline(scores, baseline="single", test="both", correction="holm")
                          if "single" in scores else None)
+            finetune = finetune_system(cells, encoder, train_set)
+            vs_ft = (compare_to_baseline(scores, baseline=finetune, test="both", correction="holm")
+                     if finetune else None)
             report["experiments"].append({"encoder": encoder, "train_set": train_set, "datasets": datasets,
                                           "vs_base": vs_base.to_json(),
-                                          "vs_single": vs_single.to_json() if vs_single else None})
+                                          "vs_single": vs_single.to_json() if vs_single else None,
+                                          "finetune": finetune, "vs_finetune": vs_ft.to_json() if vs_ft else None})
             zero_shot = datasets[1:]
             lines += [f"## {encoder} trained on {train_set}", "",
                       "| system | seeds | " + " | ".join(datasets) + (" | zero-shot mean |" if zero_shot else "|"),
@@ -91,6 +107,8 @@ def summarize() -> dict:
                     text = f"{s.mean:.4f}" + (f" ± {s.std:.4f}" if s.seeds > 1 else "")
                     text += f" {marks}" if marks else ""
                     text += f" (vs E=1: {single_marks})" if single_marks else ""
+                    ft_marks = vs_ft.mark(system, d, METRIC) if vs_ft else ""
+                    text += f" (vs FT: {ft_marks})" if ft_marks else ""
                     cells_md.append(text)
                 seeds = max(len(scores[system]), 1)
                 row = f"| {system} | {seeds} | " + " | ".join(cells_md) + " |"
@@ -117,14 +135,14 @@ def summarize() -> dict:
                               f"{arm} {statistics.mean(x[0] for x in v):.2f} / {statistics.mean(x[1] for x in v):.2f}"
                               f" / {statistics.mean(x[2] for x in v):.2f}" for arm, v in routing.items()), ""]
     lines += ["Legend (vs base): " + (report["experiments"][0]["vs_base"]["legend"] if report["experiments"] else "")]
-    write_json(RESULTS / "sbmoe_recipe.json", report)
-    with atomic_file(RESULTS / "sbmoe_recipe.md", "w") as handle:
+    write_json(results / "sbmoe_recipe.json", report)
+    with atomic_file(results / "sbmoe_recipe.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
-    plot(cells)
+    plot(cells, results / "sbmoe_recipe.png")
     return report
 
 
-def plot(cells: list[dict]) -> None:
+def plot(cells: list[dict], path: Path) -> None:
     """Dev nDCG@10 per epoch for every trained cell, one panel per (encoder, training set); and the scale
     curve: SQuAD test nDCG@10 against the number of training queries, per system (mean over seeds)."""
     import matplotlib
@@ -171,4 +189,4 @@ def plot(cells: list[dict]) -> None:
     scale.legend(fontsize=7)
     for ax in flat[len(panels) + 1:]:
         ax.axis("off")
-    save_png(fig, RESULTS / "sbmoe_recipe.png")
+    save_png(fig, path)
