@@ -42,20 +42,17 @@ import time
 from pathlib import Path
 
 import torch
+from recipe_cells import cell_path, commit, pack, write_cell
 from sbmoe_recipe import (
     BEST_GATE,
     OUT,
     Embeddings,
-    cell_path,
-    commit,
     eval_sets,
     evaluate,
     evaluate_head,
-    pack,
     split_name,
     split_queries,
     versions,
-    write_cell,
 )
 
 HERE = Path(__file__).resolve().parent

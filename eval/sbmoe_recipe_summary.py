@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from recipe_cells import unpack
+
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation.significance import compare_to_baseline
 
@@ -26,8 +28,6 @@ METRIC = "nDCG@10"
 
 
 def load_cells(folder: Path = CELLS) -> list[dict]:
-    from sbmoe_recipe import unpack
-
     return [unpack(json.loads(p.read_text(encoding="utf-8")), folder.parent) for p in sorted(folder.glob("*.json"))]
 
 
