@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CELLS = RESULTS / "sbmoe_recipe" / "cells"
 METRIC = "nDCG@10"
+ZERO_SHOT = "zero-shot mean"
 
 
 def load_cells(folder: Path = CELLS) -> list[dict]:
@@ -35,15 +36,27 @@ def system_name(arm: str, mode: str) -> str:
     return arm if mode in ("-", "random") or arm == "single" else f"{arm}:{mode}"
 
 
+def macro_table(tables: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per-query scores of several datasets as one pseudo-dataset whose mean is the mean of the dataset means:
+    each query weighted by N / (D n_d) (N queries in all, D datasets, n_d in its own). Paired tests on it are
+    tests of the macro average; sign flips of these weighted differences are a randomization test stratified
+    by dataset."""
+    total = sum(len(t) for t in tables.values())
+    return {f"{d}/{q}": v * total / (len(tables) * len(t)) for d, t in tables.items() for q, v in t.items()}
+
+
 def groups(cells: list[dict], encoder: str, train_set: str) -> dict[str, list[dict]]:
     """system -> one {dataset: {metric: per-query}} table per seed; ``base`` from the encoder's base cell,
-    restricted to the datasets the trained arms were evaluated on."""
+    restricted to the datasets the trained arms were evaluated on; with zero-shot sets, a ``ZERO_SHOT``
+    pseudo-dataset of their macro average (``macro_table``)."""
     out: dict[str, list[dict]] = {}
     trained = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
-    datasets = {d for c in trained for r in c["modes"].values() for d in r}
+    datasets = list(dict.fromkeys(d for c in trained for r in c["modes"].values() for d in r))
     for cell in [c for c in cells if c["encoder"] == encoder and c["arm"] == "base"] + trained:
         for mode, results in cell["modes"].items():
-            table = {d: {METRIC: r["per_query"]} for d, r in results.items() if d in datasets}
+            table = {d: {METRIC: results[d]["per_query"]} for d in datasets if d in results}
+            if len(datasets) > 1 and all(d in table for d in datasets):
+                table[ZERO_SHOT] = {METRIC: macro_table({d: table[d][METRIC] for d in datasets[1:]})}
             out.setdefault(system_name(cell["arm"], mode), []).append(table)
     return out
 
@@ -72,7 +85,9 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
              "`eval/results/sbmoe_recipe/cells/` (each records its machine, threads, load and package versions). "
              "nDCG@10, mean ± std over seeds; marks: ‡ paired randomization test and † paired t-test, "
              "Holm-corrected over systems x datasets, alpha 0.05, against the untouched encoder (base); in "
-             "parentheses against E = 1 and, where tier E ran, against fine-tuning at its best lr (FT).", ""]
+             "parentheses against E = 1 and, where tier E ran, against fine-tuning at its best lr (FT). The zero-shot "
+             "mean is the mean of the zero-shot sets' means, tested as one pseudo-dataset of their queries weighted "
+             "so that its mean is that average (a randomization test stratified by dataset).", ""]
     for encoder in sorted({c["encoder"] for c in cells}):
         trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
         for train_set in sorted(trained, key=set_order):
@@ -93,11 +108,11 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                                           "finetune": finetune, "vs_finetune": vs_ft.to_json() if vs_ft else None})
             zero_shot = datasets[1:]
             lines += [f"## {encoder} trained on {train_set}", "",
-                      "| system | seeds | " + " | ".join(datasets) + (" | zero-shot mean |" if zero_shot else "|"),
+                      "| system | seeds | " + " | ".join(datasets) + (f" | {ZERO_SHOT} |" if zero_shot else "|"),
                       "|---|---|" + "---|" * len(datasets) + ("---|" if zero_shot else "")]
             for system in scores:
                 cells_md = []
-                for d in datasets:
+                for d in datasets + ([ZERO_SHOT] if zero_shot else []):
                     s = vs_base.summary(system, d, METRIC)
                     if s is None:
                         cells_md.append("")
@@ -111,11 +126,7 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                     text += f" (vs FT: {ft_marks})" if ft_marks else ""
                     cells_md.append(text)
                 seeds = max(len(scores[system]), 1)
-                row = f"| {system} | {seeds} | " + " | ".join(cells_md) + " |"
-                if zero_shot:
-                    means = [vs_base.summary(system, d, METRIC) for d in zero_shot]
-                    row += f" {statistics.mean(m.mean for m in means):.4f} |" if all(means) else " |"
-                lines.append(row)
+                lines.append(f"| {system} | {seeds} | " + " | ".join(cells_md) + " |")
             dev = {}
             for c in cells:
                 if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("dev_curve"):
