@@ -83,3 +83,13 @@ def commit(path: Path, message: str, tries: int = 10) -> None:
             return
         time.sleep(3)
     print(f"could not commit {path}; commit it by hand", flush=True)
+
+
+def finish_cell(path: Path, record: dict, out: Path, minutes: float, commit_label: str | None) -> None:
+    """Stamp a finished cell's minutes, write it packed, commit it when asked, print its in-domain nDCG@10."""
+    record["minutes"] = round(minutes, 2)
+    write_cell(path, pack(record, out))
+    if commit_label is not None:
+        commit(path, f"{commit_label}: {path.stem} ({minutes:.1f} min)")
+    means = {m: round(next(iter(r.values()))["nDCG@10"], 4) for m, r in record["modes"].items()}
+    print(f"{path.stem}: {minutes:.1f} min, in-domain nDCG@10 {means}", flush=True)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from recipe_cells import cell_path, commit, pack, pack_cells, write_cell
+from recipe_cells import cell_path, finish_cell, pack_cells
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.data import BeirDataset
@@ -345,12 +345,7 @@ def run_grid(args: argparse.Namespace) -> None:
             record.update(run_base(encoder, embeddings) if arm == "base"
                           else run_arm(encoder, train_set, arm, seed, embeddings, args.epochs))
             last = (time.perf_counter() - cell_start) / 60
-            record["minutes"] = round(last, 2)
-            write_cell(path, pack(record, args.out))
-            if args.commit:
-                commit(path, f"Recipe cell: {path.stem} ({last:.1f} min)")
-            means = {m: round(next(iter(r.values()))["nDCG@10"], 4) for m, r in record["modes"].items()}
-            print(f"{path.stem}: {last:.1f} min, in-domain nDCG@10 {means}", flush=True)
+            finish_cell(path, record, args.out, last, "Recipe cell" if args.commit else None)
 
 
 def main() -> None:

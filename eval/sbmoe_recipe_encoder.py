@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from recipe_cells import cell_path, commit, pack, write_cell
+from recipe_cells import cell_path, finish_cell
 from sbmoe_recipe import (
     BEST_GATE,
     OUT,
@@ -161,13 +161,14 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     train(config)
     minutes = (time.perf_counter() - started) / 60
     curve = dev_curve(output / "train_log.jsonl")
+    data_info = json.loads((output / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]
     model = SentenceTransformer(str(output), device="cuda" if torch.cuda.is_available() else "cpu",
                                 trust_remote_code=True)
     model.max_seq_length = config.max_length
     embeddings = Embeddings(encoder, batch_size=args.encode_batch, model=model, cache=False)
     heads = sbmoe_heads(model)
     record = {"recipe": "paper", "options": config_record(config), "train_minutes": round(minutes, 2),
-              "train_queries": len(split_queries(train_set)[0]), "dev_curve": curve,
+              "train_queries": data_info["train_queries"], "dev_curve": curve,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     if heads:
         record.update(evaluate_head(heads[0].cpu(), embeddings, train_set, HEAD_ARMS[arm]["modes"]))
@@ -202,12 +203,7 @@ def run_worker(args: argparse.Namespace) -> None:
                   "load_average": [round(x, 2) for x in os.getloadavg()]}
         record.update(run_cell(encoder, train_set, arm, seed, args))
         last = (time.perf_counter() - cell_start) / 60
-        record["minutes"] = round(last, 2)
-        write_cell(path, pack(record, args.out))
-        if args.commit:
-            commit(path, f"Recipe cell (tier E): {path.stem} ({last:.1f} min)")
-        means = {m: round(next(iter(r.values()))["nDCG@10"], 4) for m, r in record["modes"].items()}
-        print(f"{path.stem}: {last:.1f} min, in-domain nDCG@10 {means}", flush=True)
+        finish_cell(path, record, args.out, last, "Recipe cell (tier E)" if args.commit else None)
 
 
 def main() -> None:
