@@ -5,10 +5,12 @@
 A step = forward, backward and AdamW update of encoder + SB-MoE head (paper gate, E = 6) on 64 SQuAD
 training triples (question, its paragraph, a random other paragraph: 192 texts), as ``sbmoe train`` runs it.
 ``plain``: sentence-transformers' step, each column padded to its longest text. ``micro``: the
-``CachedRankingLoss`` step (``--micro-batch-tokens``, default 8192). Each (encoder, length, step kind) runs in
+``CachedRankingLoss`` step (``--micro-batch-tokens``, default 8192); ``micro-bf16``: the same with the encoder
+under bfloat16 autocast (``--precision bf16``). Each (encoder, length, step kind) runs in
 its own process so that its peak RSS is its own; the first step is a warm-up and is not timed. One extra
 check: on the first batch, the micro-batched step's loss and gradients against the plain step's (the tests
-check exact equality on a tiny model; this shows it on the real one). Writes eval/results/bench_train_step.json
+check exact equality on a tiny model; this shows it on the real one), and the bf16 step's against the fp32
+plain step's (the cosine of each gradient tensor with the fp32 one). Writes eval/results/bench_train_step.json
 and .md. The time is machine time: run it with nothing else running, and say so beside the figure.
 """
 
@@ -81,7 +83,10 @@ def one_kind(encoder: str, max_length: int, kind: str, steps: int, micro_tokens:
     from sbmoe.training.losses import ranking_loss
 
     model, config = trainee(encoder, max_length)
-    loss_fn = CachedRankingLoss(model, 1.0, micro_tokens) if kind == "micro" else ranking_loss(model, 1.0)
+    if kind.startswith("micro"):
+        loss_fn = CachedRankingLoss(model, 1.0, micro_tokens, "bf16" if kind == "micro-bf16" else "fp32")
+    else:
+        loss_fn = ranking_loss(model, 1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batches = squad_batches(64, steps + 1)
     times, tokens = [], []
@@ -117,7 +122,8 @@ def gradient_check(encoder: str, max_length: int, micro_tokens: int) -> dict:
             module.p = 0.0
     feats = features(model, squad_batches(64, 1)[0])
     out = {}
-    for name, loss_fn in (("plain", ranking_loss(model, 1.0)), ("micro", CachedRankingLoss(model, 1.0, micro_tokens))):
+    for name, loss_fn in (("plain", ranking_loss(model, 1.0)), ("micro", CachedRankingLoss(model, 1.0, micro_tokens)),
+                          ("bf16", CachedRankingLoss(model, 1.0, micro_tokens, "bf16"))):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)
         loss = loss_fn([dict(f) for f in feats], None)
@@ -125,8 +131,16 @@ def gradient_check(encoder: str, max_length: int, micro_tokens: int) -> dict:
         out[name] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     diffs = [float((out["micro"][1][n] - g).abs().max()) for n, g in out["plain"][1].items()]
     scale = max(float(g.abs().max()) for g in out["plain"][1].values())
+    # tensors whose exact gradient is zero (attention key biases: softmax ignores them; the paper gate's
+    # router: no gradient) hold only rounding noise, in fp32 and bf16 alike: their cosine means nothing
+    norms = {n: float(g.norm()) for n, g in out["plain"][1].items()}
+    kept = [n for n, norm in norms.items() if norm > 1e-4 * max(norms.values())]
+    cosines = [float(torch.nn.functional.cosine_similarity(out["bf16"][1][n].flatten(), out["plain"][1][n].flatten(),
+                                                           dim=0)) for n in kept]
     return {"encoder": encoder, "max_length": max_length, "loss_plain": out["plain"][0], "loss_micro": out["micro"][0],
-            "max_abs_grad_diff": max(diffs), "max_abs_grad": scale, "parameters_compared": len(diffs)}
+            "max_abs_grad_diff": max(diffs), "max_abs_grad": scale, "parameters_compared": len(diffs),
+            "loss_bf16": out["bf16"][0], "min_bf16_grad_cosine": min(cosines), "bf16_tensors_compared": len(kept),
+            "median_bf16_grad_cosine": sorted(cosines)[len(cosines) // 2]}
 
 
 def write_results(rows: list[dict], check: dict | None, args: argparse.Namespace) -> None:
@@ -159,7 +173,11 @@ def write_results(rows: list[dict], check: dict | None, args: argparse.Namespace
         lines += ["", f"Gradient check ({check['encoder']}, length {check['max_length']}, one batch, dropout off): "
                   f"loss {check['loss_plain']:.6f} plain vs {check['loss_micro']:.6f} micro-batched; largest "
                   f"gradient difference {check['max_abs_grad_diff']:.2e} over {check['parameters_compared']} "
-                  f"tensors (largest gradient {check['max_abs_grad']:.2e})."]
+                  f"tensors (largest gradient {check['max_abs_grad']:.2e}). bf16 micro-batched: loss "
+                  f"{check['loss_bf16']:.6f}; cosine of each gradient tensor with the fp32 plain one: median "
+                  f"{check['median_bf16_grad_cosine']:.5f}, lowest {check['min_bf16_grad_cosine']:.5f} over the "
+                  f"{check['bf16_tensors_compared']} tensors whose fp32 gradient norm is above 1e-4 of the largest "
+                  "(the others, attention key biases and the paper gate's router, have an exact gradient of 0)."]
     with atomic_file(RESULTS / "bench_train_step.md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
 
@@ -168,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", default="minilm-l3")
     parser.add_argument("--lengths", default="512,256")
-    parser.add_argument("--kinds", default="micro,plain")
+    parser.add_argument("--kinds", default="micro,micro-bf16,plain")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--micro-batch-tokens", type=int, default=8192)

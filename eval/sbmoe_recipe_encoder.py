@@ -152,7 +152,8 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     from sbmoe.training.trainer import config_record, train
 
     output = WORK / "models" / f"{encoder}__{train_set.replace('@', '-')}__{arm}__s{seed}"
-    options = {"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length}
+    options = {"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length,
+               "precision": args.precision}
     config = TrainConfig.from_recipe(
         "paper", model=encoder, data=str(split_folder(train_set)), split="train", dev_split="dev", output=output,
         seed=seed, show_progress=False, overwrite=True, **arm_options(arm),
@@ -217,6 +218,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's 30")
     parser.add_argument("--max-length", type=int, default=None, help="default: the recipe's 512")
     parser.add_argument("--max-steps", type=int, default=None, help="cut training short (a smoke run)")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
+                        help="the encoder's arithmetic in training steps (every tier-E cell: bf16)")
     parser.add_argument("--encode-batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="cells run side by side")
     parser.add_argument("--worker", default="0/1", type=lambda s: tuple(int(x) for x in s.split("/")),

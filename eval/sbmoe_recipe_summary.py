@@ -87,7 +87,10 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
              "Holm-corrected over systems x datasets, alpha 0.05, against the untouched encoder (base); in "
              "parentheses against E = 1 and, where tier E ran, against fine-tuning at its best lr (FT). The zero-shot "
              "mean is the mean of the zero-shot sets' means, tested as one pseudo-dataset of their queries weighted "
-             "so that its mean is that average (a randomization test stratified by dataset).", ""]
+             "so that its mean is that average (a randomization test stratified by dataset). Tier H (and base) "
+             "embed every text at the encoder's own max length, not the recipe's 512: 128 tokens for minilm-l3 "
+             "(paraphrase-MiniLM-L3-v2), 256 for minilm-l2 and minilm; tier E at the length it trained at (below).",
+             ""]
     for encoder in sorted({c["encoder"] for c in cells}):
         trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
         for train_set in sorted(trained, key=set_order):
@@ -133,6 +136,13 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                     dev.setdefault(c["arm"], []).append(c["dev_curve"][-1]["dev_ndcg10"])
             lines += ["", "Dev nDCG@10 after the last epoch (mean over seeds): " + ", ".join(
                 f"{arm} {statistics.mean(v):.4f}" for arm, v in dev.items()), ""]
+            settings = sorted({(c["options"]["max_length"], c["options"].get("precision", "fp32"), c["device"])
+                               for c in cells if c.get("tier") == "E" and c["encoder"] == encoder
+                               and c.get("train_set") == train_set})
+            if settings:
+                lines += ["Tier E trained at " + "; ".join(f"max length {length}, encoder steps in {precision}, "
+                                                           f"on {device}" for length, precision, device in settings)
+                          + " (tier H: embeddings at the encoder's own max length, fp32).", ""]
             routing = {}
             for c in cells:
                 if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("routing"):

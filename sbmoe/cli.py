@@ -457,6 +457,9 @@ def train_command(
                                                   "of about this many tokens, with the same gradients (memory "
                                                   "and padding bounded); 0: one padded batch; "
                                                   + recipe_default("micro_batch_tokens") + "."),
+    precision: str = typer.Option(TRN.precision, help="fp32 | bf16: the encoder's forward and backward under "
+                                  "bfloat16 autocast in the micro-batched step (weights, head and loss stay "
+                                  "float32); faster on GPUs and on CPUs with AMX."),
     epochs: float | None = typer.Option(None, help=recipe_default("epochs") + "."),
     max_steps: int = typer.Option(TRN.max_steps, help="Stop after this many steps (overrides epochs)."),
     max_length: int | None = typer.Option(None, "--max-length", help=recipe_default("max_length") + "."),
@@ -488,7 +491,8 @@ def train_command(
         separate_heads=separate_heads, head_side=head_side, freeze_router=freeze_router,
         aux_loss_weight=aux_loss_weight, router_lr_scale=router_lr_scale, lr=lr, encoder_lr=encoder_lr,
         weight_decay=weight_decay, scheduler=scheduler, max_grad_norm=max_grad_norm, batch_size=batch_size,
-        micro_batch_tokens=micro_batch_tokens, epochs=epochs, max_steps=max_steps, max_length=max_length,
+        micro_batch_tokens=micro_batch_tokens, precision=precision, epochs=epochs, max_steps=max_steps,
+        max_length=max_length,
         temperature=temperature, normalize=normalize, keep=keep, seed=seed, freeze_encoder=freeze_encoder,
         dev_fraction=dev_fraction, dev_max_rows=dev_max_rows, dev_split=dev_split, eval_steps=eval_steps,
         save_steps=save_steps, patience=patience, show_progress=progress(), overwrite=overwrite))

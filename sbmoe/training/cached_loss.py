@@ -12,11 +12,18 @@ The modules after Pooling (the SB-MoE head or a Router of heads, Normalize) are 
 the whole batch with gradients, column by column exactly as the plain step runs them (the anchor column,
 then the candidate columns merged): the ranking loss, the routers' load-balancing loss and the router noise
 are those of the plain full-batch step. Only the encoder's activations are bounded by the micro-batches.
+
+``precision="bf16"`` runs the encoder (the modules before Pooling) under bfloat16 autocast in both passes;
+its token embeddings come back to float32 before Pooling, so pooling, the head, the dot products and the
+loss stay float32 (at temperature 1 over unnormalised dot products in the hundreds, a bfloat16 logit would
+be off by whole units). On CPU the encoder then uses eager attention: CPU SDPA's bfloat16 backward is about
+twice as slow as eager's (eval/results/bench_train_step.md).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -27,22 +34,47 @@ from sentence_transformers.util import dot_score
 from torch import Tensor, nn
 
 from ..models.pipeline import require_pooling, sbmoe_heads
+from .config import PRECISIONS
 
 DEFAULT_MICRO_BATCH_TOKENS = 8192
 
 
+@contextmanager
+def bf16_autocast(modules: list[nn.Module], device_type: str) -> Iterator[None]:
+    """bfloat16 autocast over ``modules``; on CPU their Hugging Face models switch to eager attention for
+    the duration (restored after)."""
+    swapped = []
+    if device_type == "cpu":
+        for module in modules:
+            for hf in module.modules():
+                impl = getattr(getattr(hf, "config", None), "_attn_implementation", None)
+                if impl not in (None, "eager") and hasattr(hf, "set_attn_implementation"):
+                    hf.set_attn_implementation("eager")
+                    swapped.append((hf, impl))
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for hf, impl in swapped:
+            hf.set_attn_implementation(impl)
+
+
 class CachedRankingLoss(CachedLossMixin, nn.Module):
     """In-batch (+ hard negative) ranking loss over dot products / temperature, plus the heads' auxiliary
-    losses, computed with length-sorted micro-batches. Loss and gradients equal the plain step's."""
+    losses, computed with length-sorted micro-batches. Loss and gradients equal the plain step's (in fp32)."""
 
     def __init__(self, model: SentenceTransformer, temperature: float,
-                 micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS) -> None:
+                 micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS, precision: str = "fp32") -> None:
         super().__init__()
         if micro_batch_tokens < 1:
             raise ValueError(f"micro_batch_tokens must be at least 1, got {micro_batch_tokens}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.model = model
+        self.precision = precision
         self.ranking = MultipleNegativesRankingLoss(model, scale=1.0 / temperature, similarity_fct=dot_score)
         pooling = require_pooling(model)
+        self.encoder = list(model)[:pooling]
         self.prefix = list(model)[:pooling + 1]
         self.post = list(model)[pooling + 1:]
         self.mini_batch_size = 1 << 30  # micro-batches are cut by tokens, never by count
@@ -59,9 +91,18 @@ class CachedRankingLoss(CachedLossMixin, nn.Module):
         replay = random_state if random_state is not None else nullcontext()
         with replay, torch.enable_grad() if with_grad else torch.no_grad():
             state = RandContext(*features.values()) if copy_random_state else None
-            for module in self.prefix:
+            with self._encoder_precision():
+                for module in self.encoder:
+                    features = module(features)
+            features["token_embeddings"] = features["token_embeddings"].float()
+            for module in self.prefix[len(self.encoder):]:
                 features = module(features)
         return features["sentence_embedding"], state
+
+    def _encoder_precision(self) -> Any:
+        if self.precision == "fp32":
+            return nullcontext()
+        return bf16_autocast(self.encoder, self.model.device.type)
 
     def _post(self, pooled: Tensor, task: Any, modality: Any) -> Tensor:
         """The modules after Pooling on pooled embeddings, routed like the column they came from."""

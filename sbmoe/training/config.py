@@ -13,6 +13,7 @@ NEGATIVES = ("mined", "none")  # a BEIR split: one mined hard negative per pair,
 HEAD_SIDES = ("both", "query")  # the head encodes queries and documents, or queries only
 KEEP = ("best", "last")  # the checkpoint kept: best dev nDCG@10, or the last step's
 SCHEDULERS = ("linear", "constant")
+PRECISIONS = ("fp32", "bf16")  # the encoder's arithmetic in a training step (head, loss, weights: float32)
 
 # The SB-MoE paper's training recipe, read from its reference code: AdamW (weight decay 0.01) with the
 # encoder at lr/100 and the head at lr, no scheduler, warm-up or clipping; batch 64, 30 epochs, in-batch
@@ -56,6 +57,7 @@ class TrainConfig:
     keep: str = "best"
     normalize: bool | None = None  # L2-normalise embeddings (None: the model's own setting)
     micro_batch_tokens: int = 8192  # encode each batch in length-sorted micro-batches of this many tokens (0: off)
+    precision: str = "fp32"  # bf16: the encoder under bfloat16 autocast in the micro-batched step
     batch_size: int = 64
     epochs: float = 1.0
     max_steps: int = -1
@@ -99,7 +101,7 @@ class TrainConfig:
             raise ValueError(f"--shuffle-buffer must be at least 1, got {self.shuffle_buffer}")
         for name, value, choices in (("--negatives", self.negatives, NEGATIVES), ("--head-side", self.head_side,
                                       HEAD_SIDES), ("--keep", self.keep, KEEP), ("--scheduler", self.scheduler,
-                                      SCHEDULERS)):
+                                      SCHEDULERS), ("--precision", self.precision, PRECISIONS)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         if self.head_side == "query" and (self.moe == "none" or self.separate_heads):
@@ -107,6 +109,9 @@ class TrainConfig:
                              "top1|all|random and no --separate-heads")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"--micro-batch-tokens must be 0 (off) or positive, got {self.micro_batch_tokens}")
+        if self.precision == "bf16" and (self.micro_batch_tokens == 0 or self.freeze_encoder):
+            raise ValueError("--precision bf16 runs the encoder of the micro-batched step in bfloat16: it needs "
+                             "--micro-batch-tokens > 0 and a trained encoder (not --freeze-encoder)")
         if self.dev_split is not None and Path(self.data).is_file():
             raise ValueError("--dev-split names a split of a BEIR dataset; a triples file holds out --dev-fraction "
                              "of its rows")

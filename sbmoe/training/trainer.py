@@ -83,9 +83,12 @@ def learning_rates(config: TrainConfig) -> dict[str, float]:
 
 def make_loss(config: TrainConfig, trainee: SentenceTransformer, temperature: float, world: int) -> nn.Module:
     """The ranking loss; over an encoder on one process, with length-sorted micro-batches (same gradients,
-    the batch's real tokens). Data-parallel runs and head-only training take the plain step."""
+    the batch's real tokens). Data-parallel runs and head-only training take the plain step (float32 only)."""
     if config.micro_batch_tokens and world == 1 and not config.freeze_encoder:
-        return CachedRankingLoss(trainee, temperature, config.micro_batch_tokens)
+        return CachedRankingLoss(trainee, temperature, config.micro_batch_tokens, config.precision)
+    if config.precision != "fp32":
+        raise ValueError(f"--precision {config.precision} needs the micro-batched step of one process; a "
+                         "data-parallel run trains in fp32")
     return ranking_loss(trainee, temperature, gather=world > 1)
 
 

@@ -104,3 +104,56 @@ def test_bad_micro_batch_size(no_dropout_bert: Path) -> None:
     encoder = SentenceTransformer(modules=[Transformer(str(no_dropout_bert)), Pooling(32)])
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         CachedRankingLoss(encoder, 1.0, micro_batch_tokens=0)
+
+
+def test_bf16_step_is_the_fp32_step_rounded(no_dropout_bert: Path) -> None:
+    """bf16 runs the encoder in bfloat16 (its gradients differ from fp32's, so autocast is on) but stays
+    within bfloat16 rounding of the fp32 step; pooled embeddings, head and loss are float32, the attention
+    is eager during the step on CPU and the model's own afterwards."""
+    encoder = SentenceTransformer(modules=[Transformer(str(no_dropout_bert), max_seq_length=64), Pooling(32)])
+    torch.manual_seed(0)
+    model = with_head(encoder, make_heads(TrainConfig(moe="top1", gate="scaled", experts=4), 32))
+    model.train()
+    features = batch(model, 3)
+    fp32_loss, fp32_grads = step(ranking_loss(model, temperature=0.5), model, features)
+    cached = CachedRankingLoss(model, temperature=0.5, micro_batch_tokens=60, precision="bf16")
+    hf = cached.encoder[0].model
+    own = hf.config._attn_implementation
+    seen: dict[str, list] = {"encoder": [], "pooling": []}
+
+    def spy(module: torch.nn.Module, key: str) -> None:
+        original = module.forward
+
+        def forward(feature: dict, **kwargs):
+            out = original(feature, **kwargs)
+            seen[key].append((hf.config._attn_implementation, torch.is_autocast_enabled("cpu"),
+                              (feature if key == "pooling" else out)["token_embeddings"].dtype))
+            return out
+
+        module.forward = forward
+
+    spy(cached.encoder[0], "encoder")
+    spy(cached.prefix[-1], "pooling")
+    bf16_loss, bf16_grads = step(cached, model, features)
+
+    assert own != "eager" and hf.config._attn_implementation == own
+    assert len(seen["encoder"]) > 2 and all(entry[:2] == ("eager", True) for entry in seen["encoder"])
+    assert all(entry == (own, False, torch.float32) for entry in seen["pooling"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert bf16_loss == pytest.approx(fp32_loss, rel=2e-2)
+    assert set(bf16_grads) == set(fp32_grads)
+    encoder_names = [n for n in fp32_grads if n.startswith("0.")]
+    assert any(not torch.equal(bf16_grads[n], fp32_grads[n]) for n in encoder_names)
+    for name, grad in fp32_grads.items():
+        if grad.norm() > 1e-6:
+            cosine = torch.nn.functional.cosine_similarity(bf16_grads[name].flatten(), grad.flatten(), dim=0)
+            assert cosine > 0.98, name
+
+
+def test_bf16_needs_the_micro_batched_step() -> None:
+    with pytest.raises(ValueError, match="--precision bf16"):
+        TrainConfig(precision="bf16", micro_batch_tokens=0).validate()
+    with pytest.raises(ValueError, match="--precision bf16"):
+        TrainConfig(precision="bf16", freeze_encoder=True).validate()
+    with pytest.raises(ValueError, match="--precision"):
+        TrainConfig(precision="fp16").validate()
