@@ -176,6 +176,9 @@ def train(config: TrainConfig) -> Path:
     global_batch = config.batch_size * world
     steps_per_epoch = max(1, len(data) // global_batch)
     eval_steps = config.eval_steps or steps_per_epoch
+    # by default evaluate and checkpoint at each epoch's end: the last partial batch makes an epoch one step
+    # longer than len(data) // batch, and the last evaluation is then the final model's (a stream has no epochs)
+    per_epoch = config.eval_steps is None and config.save_steps is None and not streaming
     max_steps = config.max_steps
     if streaming and max_steps <= 0:  # a stream has no length for the trainer to count epochs with
         max_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -185,7 +188,8 @@ def train(config: TrainConfig) -> Path:
         learning_rate=config.lr, warmup_steps=0, seed=config.seed, data_seed=config.seed,
         weight_decay=config.weight_decay, lr_scheduler_type=config.scheduler, max_grad_norm=config.max_grad_norm,
         batch_sampler=BatchSamplers.BATCH_SAMPLER if streaming else BatchSamplers.NO_DUPLICATES,
-        eval_strategy="steps" if evaluator else "no", eval_steps=eval_steps, save_strategy="steps",
+        eval_strategy=("epoch" if per_epoch else "steps") if evaluator else "no", eval_steps=eval_steps,
+        save_strategy="epoch" if per_epoch else "steps",
         save_steps=config.save_steps or eval_steps, save_total_limit=2, ignore_data_skip=streaming,
         accelerator_config={"dispatch_batches": False},  # every rank reads the stream, keeps its slice
         load_best_model_at_end=evaluator is not None and config.keep == "best",

@@ -180,3 +180,24 @@ def test_query_side_head_leaves_documents_as_the_base_model(tiny_bert_dir: Path,
     assert np.abs(queries - docs).max() > 1e-3  # queries pass through the head
     with pytest.raises(ValueError, match="--head-side query puts one SB-MoE head"):
         TrainConfig(head_side="query", moe="none").validate()
+
+
+def test_dev_evaluations_fall_at_each_epoch_end(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """36 training queries at batch 8 (a BEIR folder, not a stream): an epoch is 5 steps, one more than
+    36 // 8, and the dev set is evaluated at steps 5 and 10, so the last dev figure is the final model's."""
+    rng = random.Random(2)
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [" ".join(rng.sample(WORDS, 8)) for _ in range(40)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": d}) + "\n"
+                                                 for i, d in enumerate(docs)), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(d.split()[:3])})
+                                                  + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\td{i}\t1\n" for i in range(40)), encoding="utf-8")
+    out = train(tiny(tiny_bert_dir, folder, tmp_path / "m", dev_distractors=5, epochs=2))
+    assert json.loads((out / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]["train_queries"] == 36
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    evaluations = [(r["step"], r["epoch"]) for r in records if "eval_dev_dot_ndcg@10" in r]
+    assert evaluations == [(5, 1.0), (10, 2.0)]
+    assert max(r["step"] for r in records) == 10
