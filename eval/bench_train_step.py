@@ -6,8 +6,10 @@ A step = forward, backward and AdamW update of encoder + SB-MoE head (paper gate
 training triples (question, its paragraph, a random other paragraph: 192 texts), as ``sbmoe train`` runs it.
 ``plain``: sentence-transformers' step, each column padded to its longest text. ``micro``: the
 ``CachedRankingLoss`` step (``--micro-batch-tokens``, default 8192); ``micro-bf16``: the same with the encoder
-under bfloat16 autocast (``--precision bf16``). Each (encoder, length, step kind) runs in
-its own process so that its peak RSS is its own; the first step is a warm-up and is not timed. One extra
+under bfloat16 autocast (``--precision bf16``), and ``micro-bf16-sdpa`` that step with the model's own SDPA
+attention instead of the eager attention it switches to on CPU. Each (encoder, length, step kind) runs in
+its own process so that its peak RSS is its own; the first step is a warm-up and is not timed, and one more
+step runs under torch.profiler (the share of CPU time per op, untimed). One extra
 check: on the first batch, the micro-batched step's loss and gradients against the plain step's (the tests
 check exact equality on a tiny model; this shows it on the real one), and the bf16 step's against the fp32
 plain step's (the cosine of each gradient tensor with the fp32 one). Writes eval/results/bench_train_step.json
@@ -83,29 +85,42 @@ def one_kind(encoder: str, max_length: int, kind: str, steps: int, micro_tokens:
     from sbmoe.training.losses import ranking_loss
 
     model, config = trainee(encoder, max_length)
+    if kind == "micro-bf16-sdpa":  # the bf16 step without its switch to eager attention on CPU
+        from sbmoe.training import cached_loss
+
+        cached_loss.bf16_autocast = lambda modules, device_type: torch.autocast(device_type, dtype=torch.bfloat16)
     if kind.startswith("micro"):
-        loss_fn = CachedRankingLoss(model, 1.0, micro_tokens, "bf16" if kind == "micro-bf16" else "fp32")
+        loss_fn = CachedRankingLoss(model, 1.0, micro_tokens, "bf16" if kind.startswith("micro-bf16") else "fp32")
     else:
         loss_fn = ranking_loss(model, 1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    batches = squad_batches(64, steps + 1)
+    batches = squad_batches(64, steps + 2)
+
+    def one_step(feats: list[dict]) -> None:
+        optimizer.zero_grad()
+        loss_fn(feats, None).backward()
+        optimizer.step()
+
     times, tokens = [], []
-    for index, rows in enumerate(batches):
+    for index, rows in enumerate(batches[:-1]):
         feats = features(model, rows)
         started = time.perf_counter()
-        optimizer.zero_grad()
-        loss = loss_fn(feats, None)
-        loss.backward()
-        optimizer.step()
+        one_step(feats)
         if index:
             times.append(time.perf_counter() - started)
         tokens.append((sum(int(f["attention_mask"].sum()) for f in feats), sum(f["input_ids"].numel() for f in feats)))
+    feats = features(model, batches[-1])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        one_step(feats)  # an extra, untimed step: where its CPU time goes
+    ops = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
     return {"encoder": encoder, "max_length": max_length, "kind": kind, "steps": steps,
             "seconds_per_step": round(sum(times) / len(times), 2), "step_seconds": [round(t, 2) for t in times],
             "real_tokens_per_batch": round(sum(t[0] for t in tokens) / len(tokens)),
             "padded_tokens_per_batch": round(sum(t[1] for t in tokens) / len(tokens)),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "profile_top_ops": [[e.key, round(e.self_cpu_time_total / total, 3)] for e in ops[:4]]}
 
 
 def gradient_check(encoder: str, max_length: int, micro_tokens: int) -> dict:
@@ -169,6 +184,10 @@ def write_results(rows: list[dict], check: dict | None, args: argparse.Namespace
     for r in rows:
         lines.append(f"| {r['encoder']} | {r['max_length']} | {r['kind']} | {r['seconds_per_step']} | "
                      f"{r['peak_rss_gb']} | {r['real_tokens_per_batch']} | {r['padded_tokens_per_batch']} |")
+    lines += ["", "Where a step's CPU time goes (one extra step under torch.profiler; share of self CPU time):", ""]
+    for r in rows:
+        top = ", ".join(f"`{op}` {share:.0%}" for op, share in r["profile_top_ops"])
+        lines.append(f"- {r['encoder']}, length {r['max_length']}, {r['kind']}: {top}")
     if check:
         lines += ["", f"Gradient check ({check['encoder']}, length {check['max_length']}, one batch, dropout off): "
                   f"loss {check['loss_plain']:.6f} plain vs {check['loss_micro']:.6f} micro-batched; largest "
@@ -186,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", default="minilm-l3")
     parser.add_argument("--lengths", default="512,256")
-    parser.add_argument("--kinds", default="micro,micro-bf16,plain")
+    parser.add_argument("--kinds", default="micro,micro-bf16,micro-bf16-sdpa,plain")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--micro-batch-tokens", type=int, default=8192)

@@ -12,6 +12,11 @@ from pathlib import Path
 from sbmoe.atomic import atomic_file, write_json
 
 HERE = Path(__file__).resolve().parent
+FT_LRS = (1e-6, 1e-5, 3e-5, 1e-4)  # tier E's fine-tuning lr search: cells E-ft@<lr>, seed 0
+
+
+def ft_arm(lr: float) -> str:
+    return f"ft@{lr:g}"
 
 
 def pack(record: dict, out: Path) -> dict:

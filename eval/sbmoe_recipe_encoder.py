@@ -5,9 +5,11 @@
 
 Every cell trains with ``sbmoe.training.train`` under the paper's recipe (``--recipe paper``: AdamW with
 weight decay 0.01, constant lr, no warm-up or clipping, batch 64, 30 epochs, in-batch negatives only,
-temperature 1 over unnormalised dot products, length 512, the last epoch kept); the arms differ only in
-what the recipe leaves open:
+temperature 1 over unnormalised dot products, length 512, the last epoch kept), with the encoder's passes
+in bfloat16 (``--precision bf16``, float32 weights, head and loss; ``--precision fp32`` to change it); the
+arms differ only in what the recipe leaves open:
 
+  base     no training: the untouched encoder, evaluated like the others at the same length (stage ``search``)
   ft@LR    no head: plain fine-tuning, every weight at LR (stage ``search``: LR in 1e-6, 1e-5, 3e-5, 1e-4,
            seed 0; the LR with the best last-epoch dev nDCG@10 is the set's best lr, run with seeds 1
            and 2 in stage ``main``; ft@1e-06 is fine-tuning at the paper's encoder lr)
@@ -25,8 +27,9 @@ in-domain test split and the zero-shot sets, routing statistics per head.
 A finished cell is written to eval/results/sbmoe_recipe/cells/<encoder>__<set>__E-<arm>__s<seed>.json
 (``"tier": "E"``) and skipped on the next run; a killed cell resumes from its last epoch checkpoint.
 ``--workers N`` runs N cells side by side (on one GPU a minilm training leaves the chip mostly idle);
-``--out`` writes the cells elsewhere (a device machine's $OUT). At 30 epochs a MedQuAD cell is 6.0k steps
-and a SQuAD-16k cell 7.5k: about a day each on the project's 2-core CPU, minutes on a GPU
+``--out`` writes the cells elsewhere (a device machine's $OUT). At 30 epochs a SciFact cell at length 256
+is about 42 min on the project's 2-core CPU and a SQuAD@1000 cell at 512 about as long, while a MedQuAD cell
+(6.0k steps) and a SQuAD-16k cell (7.5k) take about 12 h and 7 h there, minutes on a GPU
 (eval/results/sbmoe_recipe/plan.md).
 """
 
@@ -42,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from recipe_cells import cell_path, finish_cell
+from recipe_cells import FT_LRS, cell_path, finish_cell, ft_arm
 from sbmoe_recipe import (
     BEST_GATE,
     OUT,
@@ -57,7 +60,6 @@ from sbmoe_recipe import (
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "cache" / "sbmoe_recipe_encoder"
-FT_LRS = (1e-6, 1e-5, 3e-5, 1e-4)
 HEAD_ARMS: dict[str, dict] = {
     "paper": {"options": {}, "modes": ["top1", "all"]},
     "best": {"options": {"gate": BEST_GATE}, "modes": ["top1", "all"]},
@@ -66,12 +68,10 @@ HEAD_ARMS: dict[str, dict] = {
 SEEDS = (0, 1, 2)
 
 
-def ft_arm(lr: float) -> str:
-    return f"ft@{lr:g}"
-
-
 def arm_options(arm: str) -> dict:
     """The TrainConfig options an arm sets on top of the paper's recipe."""
+    if arm == "base":
+        return {"moe": "none"}
     if arm.startswith("ft@"):
         lr = float(arm[3:])
         return {"moe": "none", "lr": lr, "encoder_lr": lr}
@@ -134,7 +134,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     for encoder in args.encoders:
         for train_set in args.sets:
             if args.stage == "search":
-                cells += [(encoder, train_set, ft_arm(lr), 0) for lr in FT_LRS]
+                cells += [(encoder, train_set, "base", 0)] + [(encoder, train_set, ft_arm(lr), 0) for lr in FT_LRS]
                 continue
             finetune = ft_arm(best_lr(args.out, encoder, train_set))
             for seed in args.seeds:
@@ -145,12 +145,15 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
 
 
 def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one arm under the recipe (or, for ``base``, nothing) and evaluate it like tier H."""
     from sentence_transformers import SentenceTransformer
 
-    from sbmoe.models.pipeline import after_pooling, sbmoe_heads
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
+    from sbmoe.models.pipeline import sbmoe_heads
     from sbmoe.training.config import TrainConfig
     from sbmoe.training.trainer import config_record, train
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     output = WORK / "models" / f"{encoder}__{train_set.replace('@', '-')}__{arm}__s{seed}"
     options = {"epochs": args.epochs, "max_steps": args.max_steps, "max_length": args.max_length,
                "precision": args.precision}
@@ -158,34 +161,44 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
         "paper", model=encoder, data=str(split_folder(train_set)), split="train", dev_split="dev", output=output,
         seed=seed, show_progress=False, overwrite=True, **arm_options(arm),
         **{k: v for k, v in options.items() if v is not None})
-    started = time.perf_counter()
-    train(config)
-    minutes = (time.perf_counter() - started) / 60
-    curve = dev_curve(output / "train_log.jsonl")
-    data_info = json.loads((output / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]
-    model = SentenceTransformer(str(output), device="cuda" if torch.cuda.is_available() else "cpu",
-                                trust_remote_code=True)
-    model.max_seq_length = config.max_length
+    record: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    if arm == "base":  # the untouched encoder at tier E's length: what the trained arms start from
+        model = load_encoder(EncoderConfig(model=encoder, max_length=config.max_length, device=device))
+        record["options"] = {"max_length": config.max_length}
+    else:
+        started = time.perf_counter()
+        train(config)
+        data_info = json.loads((output / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]
+        record.update({"recipe": "paper", "options": config_record(config),
+                       "train_minutes": round((time.perf_counter() - started) / 60, 2),
+                       "train_queries": data_info["train_queries"],
+                       "dev_curve": dev_curve(output / "train_log.jsonl")})
+        model = SentenceTransformer(str(output), device=device, trust_remote_code=True)
+        model.max_seq_length = config.max_length
     embeddings = Embeddings(encoder, batch_size=args.encode_batch, model=model, cache=False)
     heads = sbmoe_heads(model)
-    record = {"recipe": "paper", "options": config_record(config), "train_minutes": round(minutes, 2),
-              "train_queries": data_info["train_queries"], "dev_curve": curve,
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     if heads:
         record.update(evaluate_head(heads[0].cpu(), embeddings, train_set, HEAD_ARMS[arm]["modes"]))
     else:
-        modules = after_pooling(model)
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            features = {"sentence_embedding": x.to(model.device)}
-            for module in modules:
-                features = module(features)
-            return features["sentence_embedding"].cpu()
-
-        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), encode, encode)}
+        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), *[after_pooling_encoder(model)] * 2)}
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return record
+
+
+def after_pooling_encoder(model):
+    """Pooled embeddings -> the model's final embeddings (the modules after Pooling: Normalize, if any)."""
+    from sbmoe.models.pipeline import after_pooling
+
+    modules = after_pooling(model)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        features = {"sentence_embedding": x.to(model.device)}
+        for module in modules:
+            features = module(features)
+        return features["sentence_embedding"].cpu()
+
+    return encode
 
 
 def run_worker(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from recipe_cells import unpack
+from recipe_cells import FT_LRS, ft_arm, unpack
 
 from sbmoe.atomic import atomic_file, write_json
 from sbmoe.evaluation.significance import compare_to_baseline
@@ -69,11 +69,13 @@ def set_order(train_set: str) -> tuple[int, int]:
 
 def finetune_system(cells: list[dict], encoder: str, train_set: str) -> str | None:
     """Tier E's fine-tuning arm at its best lr: the best last-epoch dev nDCG@10 of the lr search (seed 0),
-    as eval/sbmoe_recipe_encoder.py chose it; None before the search ran."""
+    as eval/sbmoe_recipe_encoder.py chooses it; None until every lr of the search has its cell."""
     dev = {c["arm"]: c["dev_curve"][-1]["dev_ndcg10"] for c in cells
            if c["encoder"] == encoder and c.get("train_set") == train_set and c["arm"].startswith("E-ft@")
            and c["seed"] == 0 and c.get("dev_curve")}
-    return max(dev, key=dev.get) if dev else None
+    if set(dev) != {f"E-{ft_arm(lr)}" for lr in FT_LRS}:
+        return None
+    return max(dev, key=dev.get)
 
 
 def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
@@ -134,11 +136,13 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
             for c in cells:
                 if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("dev_curve"):
                     dev.setdefault(c["arm"], []).append(c["dev_curve"][-1]["dev_ndcg10"])
+            if finetune:
+                lines += ["", f"FT is {finetune}: the best last-epoch dev nDCG@10 of tier E's lr search."]
             lines += ["", "Dev nDCG@10 after the last epoch (mean over seeds): " + ", ".join(
                 f"{arm} {statistics.mean(v):.4f}" for arm, v in dev.items()), ""]
             settings = sorted({(c["options"]["max_length"], c["options"].get("precision", "fp32"), c["device"])
-                               for c in cells if c.get("tier") == "E" and c["encoder"] == encoder
-                               and c.get("train_set") == train_set})
+                               for c in cells if c.get("tier") == "E" and c.get("dev_curve")
+                               and c["encoder"] == encoder and c.get("train_set") == train_set})
             if settings:
                 lines += ["Tier E trained at " + "; ".join(f"max length {length}, encoder steps in {precision}, "
                                                            f"on {device}" for length, precision, device in settings)
