@@ -234,19 +234,17 @@ def routing_stats(head: SBMoEHead, embeddings: Embeddings, name: str) -> dict:
             "chance_share": round(float((p ** 2).sum()), 4)}
 
 
+def final_embeddings(model):
+    """Pooled embeddings -> ``model``'s final embeddings: its modules after Pooling (e.g. Normalize)."""
+    from sbmoe.models.pipeline import apply_after_pooling
+
+    return lambda pooled: torch.from_numpy(apply_after_pooling(model, pooled.numpy()))
+
+
 def run_base(encoder: str, embeddings: Embeddings) -> dict:
     """The untouched encoder: its own post-pooling modules (e.g. Normalize) on the pooled embeddings."""
-    from sbmoe.models.pipeline import after_pooling
-
-    modules = after_pooling(embeddings.model)
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        features = {"sentence_embedding": x}
-        for module in modules:
-            features = module(features)
-        return features["sentence_embedding"]
-
     datasets = list(dict.fromkeys(["scifact", "medquad", "squad", *ZERO_SHOT]))
+    encode = final_embeddings(embeddings.model)
     return {"modes": {"-": evaluate(embeddings, datasets, encode, encode)}}
 
 

@@ -53,10 +53,13 @@ from sbmoe_recipe import (
     eval_sets,
     evaluate,
     evaluate_head,
+    final_embeddings,
     split_name,
     split_queries,
     versions,
 )
+
+from sbmoe.training.config import PRECISIONS
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "cache" / "sbmoe_recipe_encoder"
@@ -180,25 +183,10 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     if heads:
         record.update(evaluate_head(heads[0].cpu(), embeddings, train_set, HEAD_ARMS[arm]["modes"]))
     else:
-        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), *[after_pooling_encoder(model)] * 2)}
+        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), *[final_embeddings(model)] * 2)}
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return record
-
-
-def after_pooling_encoder(model):
-    """Pooled embeddings -> the model's final embeddings (the modules after Pooling: Normalize, if any)."""
-    from sbmoe.models.pipeline import after_pooling
-
-    modules = after_pooling(model)
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        features = {"sentence_embedding": x.to(model.device)}
-        for module in modules:
-            features = module(features)
-        return features["sentence_embedding"].cpu()
-
-    return encode
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -231,7 +219,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's 30")
     parser.add_argument("--max-length", type=int, default=None, help="default: the recipe's 512")
     parser.add_argument("--max-steps", type=int, default=None, help="cut training short (a smoke run)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"),
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS,
                         help="the encoder's arithmetic in training steps (every tier-E cell: bf16)")
     parser.add_argument("--encode-batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="cells run side by side")
