@@ -16,9 +16,10 @@ are those of the plain full-batch step. Only the encoder's activations are bound
 ``precision="bf16"`` runs the encoder (the modules before Pooling) under bfloat16 autocast in both passes;
 its token embeddings come back to float32 before Pooling, so pooling, the head, the dot products and the
 loss stay float32 (at temperature 1 over unnormalised dot products in the hundreds, a bfloat16 logit would
-be off by whole units). On CPU the encoder then uses eager attention. In a training step with dropout, CPU
-SDPA falls back to the same matrix products, and the step bench measures no consistent gain from the switch
-(eval/results/bench_train_step.md: micro-bf16 vs micro-bf16-sdpa).
+be off by whole units). On CPU the encoder then uses eager attention: in a training step with dropout, CPU
+SDPA falls back to the same matrix products, and the step bench measures eager 10% faster at length 256 and
+3% slower at 512 (eval/results/bench_train_step.md: micro-bf16 vs micro-bf16-sdpa); every tier-E cell of
+the recipe experiment ran at 256 with it.
 """
 
 from __future__ import annotations
