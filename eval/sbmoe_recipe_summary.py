@@ -5,9 +5,10 @@
 Writes eval/results/sbmoe_recipe.{json,md,png}. Systems are an arm with its inference mode (``paper:top1``,
 ``paper:all``, ...); three seeds form a seed group (mean +- std over seeds; tests on each query's nDCG@10
 averaged over the seeds). Every system is tested against the untouched encoder (``base``) and against the
-E = 1 adapter (``single``: a gain that E = 1 also has is not routing) and, once tier E ran, against fine-tuning
-at its best lr (``E-ft@lr``), per dataset, with a paired two-sided
-t-test and a paired randomization test, Holm-corrected over systems x datasets (sbmoe.evaluation.significance).
+E = 1 adapter of its own tier (``single`` for tier H, ``E-single`` for tier E: a gain that E = 1 also has is
+not routing; tier H's until E-single ran) and, once tier E ran, against fine-tuning at its best lr
+(``E-ft@lr``), per dataset, with a paired two-sided t-test and a paired randomization test, Holm-corrected over
+systems x datasets (sbmoe.evaluation.significance).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
              "`eval/results/sbmoe_recipe/cells/` (each records its machine, threads, load and package versions). "
              "nDCG@10, mean ± std over seeds; marks: ‡ paired randomization test and † paired t-test, "
              "Holm-corrected over systems x datasets, alpha 0.05, against the untouched encoder (base); in "
-             "parentheses against E = 1 and, where tier E ran, against fine-tuning at its best lr (FT). The zero-shot "
+             "parentheses against E = 1 of the same tier (tier E arms against `E-single` once it ran) and, where "
+             "tier E ran, against fine-tuning at its best lr (FT). The zero-shot "
              "mean is the mean of the zero-shot sets' means, tested as one pseudo-dataset of their queries weighted "
              "so that its mean is that average (a randomization test stratified by dataset). Tier H (and base) "
              "embed every text at the encoder's own max length, not the recipe's 512: 128 tokens for minilm-l3 "
@@ -102,14 +104,15 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
             first = next(c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set)
             datasets = list(next(iter(first["modes"].values())))
             vs_base = compare_to_baseline(scores, baseline="base", test="both", correction="holm")
-            vs_single = (compare_to_baseline(scores, baseline="single", test="both", correction="holm")
-                         if "single" in scores else None)
+            vs_single = {tier: compare_to_baseline(scores, baseline=name, test="both", correction="holm")
+                         for tier, name in (("H", "single"), ("E", "E-single")) if name in scores}
+            e_single = "E" if "E" in vs_single else "H"  # tier E's own E = 1 once it ran
             finetune = finetune_system(cells, encoder, train_set)
             vs_ft = (compare_to_baseline(scores, baseline=finetune, test="both", correction="holm")
                      if finetune else None)
             report["experiments"].append({"encoder": encoder, "train_set": train_set, "datasets": datasets,
                                           "vs_base": vs_base.to_json(),
-                                          "vs_single": vs_single.to_json() if vs_single else None,
+                                          "vs_single": {t: r.to_json() for t, r in vs_single.items()},
                                           "finetune": finetune, "vs_finetune": vs_ft.to_json() if vs_ft else None})
             zero_shot = datasets[1:]
             lines += [f"## {encoder} trained on {train_set}", "",
@@ -123,7 +126,8 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                         cells_md.append("")
                         continue
                     marks = vs_base.mark(system, d, METRIC)
-                    single_marks = vs_single.mark(system, d, METRIC) if vs_single else ""
+                    own = vs_single.get(e_single if system.startswith("E-") else "H")
+                    single_marks = own.mark(system, d, METRIC) if own else ""
                     text = f"{s.mean:.4f}" + (f" ± {s.std:.4f}" if s.seeds > 1 else "")
                     text += f" {marks}" if marks else ""
                     text += f" (vs E=1: {single_marks})" if single_marks else ""
@@ -138,6 +142,9 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                     dev.setdefault(c["arm"], []).append(c["dev_curve"][-1]["dev_ndcg10"])
             if finetune:
                 lines += ["", f"FT is {finetune}: the best last-epoch dev nDCG@10 of tier E's lr search."]
+            if any(system.startswith("E-") for system in scores):
+                lines += ["", "Tier E arms are marked against E = 1 of " + (
+                    "tier E (E-single)." if e_single == "E" else "tier H (single): E-single has not run yet.")]
             lines += ["", "Dev nDCG@10 after the last epoch (mean over seeds): " + ", ".join(
                 f"{arm} {statistics.mean(v):.4f}" for arm, v in dev.items()), ""]
             settings = sorted({(c["options"]["max_length"], c["options"].get("precision", "fp32"), c["device"])
