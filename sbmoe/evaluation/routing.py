@@ -76,9 +76,9 @@ def shares(experts: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def entropy(p: np.ndarray) -> float:
-    """Entropy in nats of a distribution."""
+    """Entropy in nats of a distribution; never below +0.0 (a one-hot would give -0.0, printed as -0.00)."""
     nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum())
+    return max(0.0, float(-(nz * np.log(nz)).sum()))
 
 
 def route(head: SBMoEHead, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:

@@ -28,6 +28,8 @@ def test_co_routing_and_entropy_by_hand() -> None:
     p = shares(torch.tensor([0, 0, 1, 3]).numpy(), 4)
     assert list(p) == [0.5, 0.25, 0.0, 0.25]
     assert entropy(p) == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+    collapsed = entropy(shares(torch.tensor([2, 2, 2]).numpy(), 4))  # every text on one expert
+    assert collapsed == 0.0 and math.copysign(1.0, collapsed) == 1.0 and f"{collapsed:.2f}" == "0.00"
 
 
 @pytest.fixture
