@@ -34,7 +34,7 @@ def load_cells(folder: Path = CELLS) -> list[dict]:
 
 
 def system_name(arm: str, mode: str) -> str:
-    return arm if mode in ("-", "random") or arm == "single" else f"{arm}:{mode}"
+    return arm if mode in ("-", "random") or arm in ("single", "E-single") else f"{arm}:{mode}"
 
 
 def macro_table(tables: dict[str, dict[str, float]]) -> dict[str, float]:
