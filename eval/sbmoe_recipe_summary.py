@@ -191,13 +191,14 @@ def plot(cells: list[dict], path: Path) -> None:
     rows = -(-(len(panels) + 1) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     flat = list(axes.flat)
-    colors: dict[str, str] = {}
+    colors: dict[str, tuple] = {}  # one colour per arm across panels; 20 so tier H's and tier E's arms differ
     for ax, (encoder, train_set) in zip(flat, panels, strict=False):
         for c in cells:
             if (c["encoder"], c.get("train_set")) == (encoder, train_set) and c.get("dev_curve"):
-                color = colors.setdefault(c["arm"], f"C{len(colors)}")
+                color = colors.setdefault(c["arm"], plt.get_cmap("tab20")(len(colors) % 20))
                 ax.plot([p["epoch"] for p in c["dev_curve"]], [p["dev_ndcg10"] for p in c["dev_curve"]],
-                        color=color, alpha=0.7, label=c["arm"] if c["seed"] == 0 else None)
+                        color=color, alpha=0.7, linestyle="--" if c["arm"].startswith("E-") else "-",
+                        label=c["arm"] if c["seed"] == 0 else None)
         ax.set_title(f"{encoder} on {train_set}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("dev nDCG@10")
