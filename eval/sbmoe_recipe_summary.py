@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Collection
 from pathlib import Path
 
 from recipe_cells import FT_LRS, ft_arm, unpack
@@ -33,8 +34,10 @@ def load_cells(folder: Path = CELLS) -> list[dict]:
     return [unpack(json.loads(p.read_text(encoding="utf-8")), folder.parent) for p in sorted(folder.glob("*.json"))]
 
 
-def system_name(arm: str, mode: str) -> str:
-    return arm if mode in ("-", "random") or arm in ("single", "E-single") else f"{arm}:{mode}"
+def system_name(arm: str, mode: str, modes: Collection[str]) -> str:
+    """The arm alone where it was evaluated in one mode only (base, fine-tuning, E = 1, random), else
+    ``arm:mode``."""
+    return arm if len(modes) == 1 else f"{arm}:{mode}"
 
 
 def macro_table(tables: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -58,7 +61,7 @@ def groups(cells: list[dict], encoder: str, train_set: str) -> dict[str, list[di
             table = {d: {METRIC: results[d]["per_query"]} for d in datasets if d in results}
             if len(datasets) > 1 and all(d in table for d in datasets):
                 table[ZERO_SHOT] = {METRIC: macro_table({d: table[d][METRIC] for d in datasets[1:]})}
-            out.setdefault(system_name(cell["arm"], mode), []).append(table)
+            out.setdefault(system_name(cell["arm"], mode, cell["modes"]), []).append(table)
     return out
 
 
@@ -211,7 +214,8 @@ def plot(cells: list[dict], path: Path) -> None:
             continue
         queries = int(size) if size else c.get("train_queries", 0)
         for mode, results in c["modes"].items():
-            points.setdefault(system_name(c["arm"], mode), {}).setdefault(queries, []).append(results["squad"][METRIC])
+            system = system_name(c["arm"], mode, c["modes"])
+            points.setdefault(system, {}).setdefault(queries, []).append(results["squad"][METRIC])
     for system, by_size in sorted(points.items()):
         sizes = sorted(by_size)
         scale.plot(sizes, [statistics.mean(by_size[n]) for n in sizes], marker="o", label=system)
