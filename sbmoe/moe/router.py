@@ -144,7 +144,7 @@ class NoisyTopKRouter(nn.Module):
     def usage_entropy(self) -> float:
         """Entropy (nats) of ``usage()``: log E when balanced, 0 when one expert takes everything."""
         p = self.usage()
-        return float(-(p[p > 0] * p[p > 0].log()).sum())
+        return max(0.0, float(-(p[p > 0] * p[p > 0].log()).sum()))  # +0.0, not -0.0, when collapsed
 
     def reset_usage(self) -> None:
         self.usage_counts.zero_()

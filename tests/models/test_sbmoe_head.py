@@ -187,6 +187,8 @@ def test_usage_counters_read_and_reset() -> None:
     assert router.usage_entropy() == pytest.approx(float(-(p * p.log()).sum()))
     router.reset_usage()
     assert router.usage_counts.sum() == 0 and router.usage_entropy() == pytest.approx(math.log(EXPERTS))
+    router.usage_counts[1] = 7  # every slot on one expert
+    assert router.usage_entropy() == 0.0 and math.copysign(1.0, router.usage_entropy()) == 1.0
 
 
 def test_expert_bank_equals_per_expert_loop_with_gradients() -> None:
