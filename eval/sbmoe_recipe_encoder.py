@@ -2,6 +2,8 @@
 
     python eval/sbmoe_recipe_encoder.py --stage search [--encoders minilm-l3] [--sets medquad,squad@16000,scifact]
     python eval/sbmoe_recipe_encoder.py --stage main [--workers 8] [--budget-minutes 9]
+    python eval/sbmoe_recipe_encoder.py --stage search --lrs 0.0001   # a part of a stage: one lr;
+    python eval/sbmoe_recipe_encoder.py --stage main --seeds 0        # seed 0 needs no search result
 
 Every cell trains with ``sbmoe.training.train`` under the paper's recipe (``--recipe paper``: AdamW with
 weight decay 0.01, constant lr, no warm-up or clipping, batch 64, 30 epochs, in-batch negatives only,
@@ -27,9 +29,10 @@ in-domain test split and the zero-shot sets, routing statistics per head.
 A finished cell is written to eval/results/sbmoe_recipe/cells/<encoder>__<set>__E-<arm>__s<seed>.json
 (``"tier": "E"``) and skipped on the next run; a killed cell resumes from its last epoch checkpoint.
 ``--workers N`` runs N cells side by side (on one GPU a minilm training leaves the chip mostly idle);
-``--out`` writes the cells elsewhere (a device machine's $OUT). At 30 epochs a SciFact cell at length 256
-is about 42 min on the project's 2-core CPU and a SQuAD@1000 cell at 512 about as long, while a MedQuAD cell
-(6.0k steps) and a SQuAD-16k cell (7.5k) take about 12 h and 7 h there, minutes on a GPU
+``--out`` writes the cells elsewhere (a device machine's: eval/recipe_encoder_device.sh runs cells there).
+At 30 epochs a SciFact cell at length 256 is about 42 min on the project's 2-core CPU and a SQuAD@1000 cell at
+512 about as long, while a MedQuAD cell (6.0k steps) and a SQuAD-16k cell (7.5k) take about 12 h and 7 h there;
+on the H200 three MedQuAD cells side by side ran 12 of 30 epochs in a 9-minute call
 (eval/results/sbmoe_recipe/plan.md).
 """
 
@@ -137,9 +140,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     for encoder in args.encoders:
         for train_set in args.sets:
             if args.stage == "search":
-                cells += [(encoder, train_set, "base", 0)] + [(encoder, train_set, ft_arm(lr), 0) for lr in FT_LRS]
+                cells += [(encoder, train_set, "base", 0)] + [(encoder, train_set, ft_arm(lr), 0) for lr in args.lrs]
                 continue
-            finetune = ft_arm(best_lr(args.out, encoder, train_set))
+            # seed 0's fine-tuning cell is the search's, so a main stage of seed 0 alone needs no search result
+            finetune = ft_arm(best_lr(args.out, encoder, train_set)) if any(args.seeds) else None
             for seed in args.seeds:
                 cells += [(encoder, train_set, arm, seed) for arm in args.arms]
                 if seed != 0:
@@ -215,6 +219,8 @@ def main() -> None:
     parser.add_argument("--sets", default="medquad,squad@16000,scifact", type=lambda s: s.split(","))
     parser.add_argument("--arms", default=",".join(HEAD_ARMS), type=lambda s: s.split(","))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--lrs", default=",".join(map(str, FT_LRS)), type=lambda s: [float(x) for x in s.split(",")],
+                        help="stage search: the fine-tuning lrs to run (default: all four)")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (cells/ inside)")
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's 30")
     parser.add_argument("--max-length", type=int, default=None, help="default: the recipe's 512")
