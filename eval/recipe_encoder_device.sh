@@ -2,8 +2,10 @@
 # Tier-E cells of eval/sbmoe_recipe_encoder.py on a lent GPU machine (device tool), which has no network and
 # takes at most 64 MiB per call: the wheels its image lacks, the seven data sets and the exact fp32
 # minilm-l3 weights (69.6 MB, over the limit alone) travel in two back-to-back calls to one warm machine.
-# Pack here, once (paths ignored through .git/info/exclude):
+# Pack here, once (paths ignored through .git/info/exclude), and leave the committed results (34 MB) out of
+# the calls while they run (tier-E cells still travel, so finished cells are skipped there):
 #   bash eval/recipe_encoder_device.sh pack
+#   bash eval/recipe_encoder_device.sh slim      # ... the device calls ...   bash eval/recipe_encoder_device.sh unslim
 # then on the device, from the repo root, within the 30 s a machine stays warm between the calls:
 #   bash eval/recipe_encoder_device.sh setup                 # carry .whl .dev/a
 #   bash eval/recipe_encoder_device.sh run SECONDS ARGS...   # carry .dev/b; ARGS: one or more
@@ -32,6 +34,17 @@ pack)
   sha256sum $MODEL/model.safetensors | cut -c1-64 > .dev/b/weights.sha256
   du -cb .whl/* .dev/a/* | tail -1
   ;;
+slim)  # untrack and ignore every results file but the tier-E cells; a cell committed meanwhile stays tracked
+  git ls-files eval/results | grep -v -- '__E-' > .dev/untracked.txt
+  sed 's|^|/|' .dev/untracked.txt >> .git/info/exclude
+  git rm --cached -q --pathspec-from-file=.dev/untracked.txt
+  git ls-files -z | du -cb --files0-from=- | tail -1
+  ;;
+unslim)
+  git reset -q --pathspec-from-file=.dev/untracked.txt
+  grep -v -x -F -f <(sed 's|^|/|' .dev/untracked.txt) .git/info/exclude > .dev/exclude || true
+  cp .dev/exclude .git/info/exclude && git status --short | head
+  ;;
 setup)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -m pip install -q --no-index --find-links .whl $WHEELS
@@ -49,6 +62,7 @@ run)
   echo "$(cat .dev/b/weights.sha256)  $LIVE/cache/models/minilm-l3/model.safetensors" | sha256sum -c
   cells=$LIVE/out && mkdir -p "$cells" "$LIVE/work" eval/cache
   ln -sfn "$LIVE/work" eval/cache/sbmoe_recipe_encoder  # training folders and checkpoints, kept between calls
+  mkdir -p "$cells/cells" && cp eval/results/sbmoe_recipe/cells/*__E-*.json "$cells/cells/"  # skipped there
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$OUT/gpu.csv" &
   sampler=$! && runners=() && k=0
   for options in "$@"; do
@@ -62,6 +76,6 @@ run)
   tail -n 3 "$OUT"/runner*.log
   ;;
 *)
-  echo "usage: $0 pack | setup | run SECONDS 'runner options'..." >&2; exit 2
+  echo "usage: $0 pack | slim | unslim | setup | run SECONDS 'runner options'..." >&2; exit 2
   ;;
 esac

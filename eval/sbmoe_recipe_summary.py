@@ -157,6 +157,12 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                 lines += ["Tier E trained at " + "; ".join(f"max length {length}, encoder steps in {precision}, "
                                                            f"on {device}" for length, precision, device in settings)
                           + " (tier H: embeddings at the encoder's own max length, fp32).", ""]
+            base_settings = sorted({(c["options"]["max_length"], c["device"]) for c in cells
+                                    if c["arm"] == "E-base" and c["encoder"] == encoder
+                                    and c.get("train_set") == train_set})
+            if base_settings:
+                lines += ["E-base (the untouched encoder, tier E's starting point) embedded at " + "; ".join(
+                    f"max length {length} on {device}" for length, device in base_settings) + ".", ""]
             routing = {}
             for c in cells:
                 if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("routing"):
