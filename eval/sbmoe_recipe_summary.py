@@ -104,7 +104,8 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
             scores = groups(cells, encoder, train_set)
             if "base" not in scores:
                 continue
-            first = next(c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set)
+            here = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
+            first = here[0]
             datasets = list(next(iter(first["modes"].values())))
             vs_base = compare_to_baseline(scores, baseline="base", test="both", correction="holm")
             vs_single = {tier: compare_to_baseline(scores, baseline=name, test="both", correction="holm")
@@ -140,8 +141,8 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
                 seeds = max(len(scores[system]), 1)
                 lines.append(f"| {system} | {seeds} | " + " | ".join(cells_md) + " |")
             dev = {}
-            for c in cells:
-                if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("dev_curve"):
+            for c in here:
+                if c.get("dev_curve"):
                     dev.setdefault(c["arm"], []).append(c["dev_curve"][-1]["dev_ndcg10"])
             if finetune:
                 lines += ["", f"FT is {finetune}: the best last-epoch dev nDCG@10 of tier E's lr search."]
@@ -151,21 +152,18 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
             lines += ["", "Dev nDCG@10 after the last epoch (mean over seeds): " + ", ".join(
                 f"{arm} {statistics.mean(v):.4f}" for arm, v in dev.items()), ""]
             settings = sorted({(c["options"]["max_length"], c["options"].get("precision", "fp32"), c["device"])
-                               for c in cells if c.get("tier") == "E" and c.get("dev_curve")
-                               and c["encoder"] == encoder and c.get("train_set") == train_set})
+                               for c in here if c.get("tier") == "E" and c.get("dev_curve")})
             if settings:
                 lines += ["Tier E trained at " + "; ".join(f"max length {length}, encoder steps in {precision}, "
                                                            f"on {device}" for length, precision, device in settings)
                           + " (tier H: embeddings at the encoder's own max length, fp32).", ""]
-            base_settings = sorted({(c["options"]["max_length"], c["device"]) for c in cells
-                                    if c["arm"] == "E-base" and c["encoder"] == encoder
-                                    and c.get("train_set") == train_set})
+            base_settings = sorted({(c["options"]["max_length"], c["device"]) for c in here if c["arm"] == "E-base"})
             if base_settings:
                 lines += ["E-base (the untouched encoder, tier E's starting point) embedded at " + "; ".join(
                     f"max length {length} on {device}" for length, device in base_settings) + ".", ""]
             routing = {}
-            for c in cells:
-                if c["encoder"] == encoder and c.get("train_set") == train_set and c.get("routing"):
+            for c in here:
+                if c.get("routing"):
                     r = c["routing"][train_set.split("@")[0]]
                     routing.setdefault(c["arm"], []).append((r["usage_entropy_ln_e"], r["same_expert_share"],
                                                              r["chance_share"]))
