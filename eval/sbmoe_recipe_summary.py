@@ -49,14 +49,13 @@ def macro_table(tables: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{d}/{q}": v * total / (len(tables) * len(t)) for d, t in tables.items() for q, v in t.items()}
 
 
-def groups(cells: list[dict], encoder: str, train_set: str) -> dict[str, list[dict]]:
-    """system -> one {dataset: {metric: per-query}} table per seed; ``base`` from the encoder's base cell,
-    restricted to the datasets the trained arms were evaluated on; with zero-shot sets, a ``ZERO_SHOT``
-    pseudo-dataset of their macro average (``macro_table``)."""
+def groups(base: list[dict], trained: list[dict]) -> dict[str, list[dict]]:
+    """system -> one {dataset: {metric: per-query}} table per seed, from one (encoder, set)'s trained cells and
+    the encoder's ``base`` cells, restricted to the datasets the trained arms were evaluated on; with zero-shot
+    sets, a ``ZERO_SHOT`` pseudo-dataset of their macro average (``macro_table``)."""
     out: dict[str, list[dict]] = {}
-    trained = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
     datasets = list(dict.fromkeys(d for c in trained for r in c["modes"].values() for d in r))
-    for cell in [c for c in cells if c["encoder"] == encoder and c["arm"] == "base"] + trained:
+    for cell in base + trained:
         for mode, results in cell["modes"].items():
             table = {d: {METRIC: results[d]["per_query"]} for d in datasets if d in results}
             if len(datasets) > 1 and all(d in table for d in datasets):
@@ -71,12 +70,12 @@ def set_order(train_set: str) -> tuple[int, int]:
     return (["scifact", "medquad", "squad"].index(name) if not size else 3, int(size or 0))
 
 
-def finetune_system(cells: list[dict], encoder: str, train_set: str) -> str | None:
-    """Tier E's fine-tuning arm at its best lr: the best last-epoch dev nDCG@10 of the lr search (seed 0),
-    as eval/sbmoe_recipe_encoder.py chooses it; None until every lr of the search has its cell."""
-    dev = {c["arm"]: c["dev_curve"][-1]["dev_ndcg10"] for c in cells
-           if c["encoder"] == encoder and c.get("train_set") == train_set and c["arm"].startswith("E-ft@")
-           and c["seed"] == 0 and c.get("dev_curve")}
+def finetune_system(trained: list[dict]) -> str | None:
+    """Tier E's fine-tuning arm at its best lr among one (encoder, set)'s cells: the best last-epoch dev nDCG@10
+    of the lr search (seed 0), as eval/sbmoe_recipe_encoder.py chooses it; None until every lr of the search
+    has its cell."""
+    dev = {c["arm"]: c["dev_curve"][-1]["dev_ndcg10"] for c in trained
+           if c["arm"].startswith("E-ft@") and c["seed"] == 0 and c.get("dev_curve")}
     if set(dev) != {f"E-{ft_arm(lr)}" for lr in FT_LRS}:
         return None
     return max(dev, key=dev.get)
@@ -101,17 +100,16 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
     for encoder in sorted({c["encoder"] for c in cells}):
         trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
         for train_set in sorted(trained, key=set_order):
-            scores = groups(cells, encoder, train_set)
+            here = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
+            scores = groups([c for c in cells if c["encoder"] == encoder and c["arm"] == "base"], here)
             if "base" not in scores:
                 continue
-            here = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
-            first = here[0]
-            datasets = list(next(iter(first["modes"].values())))
+            datasets = list(next(iter(here[0]["modes"].values())))
             vs_base = compare_to_baseline(scores, baseline="base", test="both", correction="holm")
             vs_single = {tier: compare_to_baseline(scores, baseline=name, test="both", correction="holm")
                          for tier, name in (("H", "single"), ("E", "E-single")) if name in scores}
             e_single = "E" if "E" in vs_single else "H"  # tier E's own E = 1 once it ran
-            finetune = finetune_system(cells, encoder, train_set)
+            finetune = finetune_system(here)
             vs_ft = (compare_to_baseline(scores, baseline=finetune, test="both", correction="holm")
                      if finetune else None)
             report["experiments"].append({"encoder": encoder, "train_set": train_set, "datasets": datasets,
