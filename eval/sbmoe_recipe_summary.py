@@ -98,10 +98,11 @@ def summarize(cells_folder: Path = CELLS, results: Path = RESULTS) -> dict:
              "(paraphrase-MiniLM-L3-v2), 256 for minilm-l2 and minilm; tier E at the length it trained at (below).",
              ""]
     for encoder in sorted({c["encoder"] for c in cells}):
-        trained = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
-        for train_set in sorted(trained, key=set_order):
+        base = [c for c in cells if c["encoder"] == encoder and c["arm"] == "base"]
+        train_sets = {c["train_set"] for c in cells if c["encoder"] == encoder and c.get("train_set")}
+        for train_set in sorted(train_sets, key=set_order):
             here = [c for c in cells if c["encoder"] == encoder and c.get("train_set") == train_set]
-            scores = groups([c for c in cells if c["encoder"] == encoder and c["arm"] == "base"], here)
+            scores = groups(base, here)
             if "base" not in scores:
                 continue
             datasets = list(next(iter(here[0]["modes"].values())))
