@@ -27,7 +27,8 @@ trained encoder (one pass at length 512), the trained head applied in each infer
 in-domain test split and the zero-shot sets, routing statistics per head.
 
 A finished cell is written to eval/results/sbmoe_recipe/cells/<encoder>__<set>__E-<arm>__s<seed>.json
-(``"tier": "E"``) and skipped on the next run; a killed cell resumes from its last epoch checkpoint.
+(``"tier": "E"``) and skipped on the next run; a killed cell resumes from its last epoch checkpoint (the
+trainer's resume is exact) and records ``resumed_from_step``: its minutes then count only the part after it.
 ``--workers N`` runs N cells side by side (on one GPU a minilm training leaves the chip mostly idle);
 ``--out`` writes the cells elsewhere (a device machine's: eval/recipe_encoder_device.sh runs cells there).
 At 30 epochs a SciFact cell at length 256 is about 42 min on the project's 2-core CPU and a SQuAD@1000 cell at
@@ -109,10 +110,15 @@ def split_folder(train_set: str, root: Path = WORK / "data") -> Path:
 
 
 def dev_curve(log: Path) -> list[dict]:
-    """Per evaluation: epoch, mean training loss since the last one, dev nDCG@10 (from the training log)."""
+    """Per evaluation: epoch, mean training loss since the last one, dev nDCG@10 (from the training log).
+
+    A resumed run's log goes on after a header at the step it resumes from: what the killed run logged after
+    that step is replayed, so it is dropped."""
     curve, losses = [], []
     for line in log.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
+        if "recipe" in record:
+            curve, losses = [c for c in curve if c["step"] <= record["step"]], []
         if "loss" in record:
             losses.append(record["loss"])
         if "eval_dev_dot_ndcg@10" in record:
@@ -158,7 +164,7 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     from sbmoe.models.encoder import EncoderConfig, load_encoder
     from sbmoe.models.pipeline import sbmoe_heads
     from sbmoe.training.config import TrainConfig
-    from sbmoe.training.trainer import config_record, train
+    from sbmoe.training.trainer import checkpoint_step, config_record, last_complete_checkpoint, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     output = WORK / "models" / f"{encoder}__{train_set.replace('@', '-')}__{arm}__s{seed}"
@@ -173,6 +179,9 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
         model = load_encoder(EncoderConfig(model=encoder, max_length=config.max_length, device=device))
         record["options"] = {"max_length": config.max_length}
     else:
+        resume = last_complete_checkpoint(config.checkpoint_dir)
+        if resume is not None:  # a cell cut off (the session ended) goes on from its last epoch's checkpoint
+            record["resumed_from_step"] = checkpoint_step(resume)
         started = time.perf_counter()
         train(config)
         data_info = json.loads((output / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]

@@ -68,10 +68,17 @@ class Killed(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("settings", [
+    dict(epochs=2, eval_steps=3),
+    # the recipe experiment's cells: a checkpoint every epoch, bf16 encoder passes, constant lr
+    dict(epochs=2, precision="bf16", scheduler="constant", weight_decay=0.01, max_grad_norm=0.0),
+], ids=["every-3-steps", "per-epoch-bf16"])
 def test_kill_and_resume_gives_the_same_weights(tiny_bert_dir: Path, triples_file: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = dict(epochs=2, eval_steps=3)
+                                                monkeypatch: pytest.MonkeyPatch, settings: dict) -> None:
     clean = train(config_for(tiny_bert_dir, triples_file, tmp_path / "clean", **settings))
+    evaluated = [r["step"] for r in log_records(clean) if "eval_dev_dot_ndcg@10" in r]
+    first_save = evaluated[0]  # a checkpoint is saved at each evaluation
+    assert len(evaluated) >= 2 and first_save == settings.get("eval_steps", first_save), evaluated
 
     original_on_save = training.TrainLogCallback.on_save
 
@@ -80,9 +87,9 @@ def test_kill_and_resume_gives_the_same_weights(tiny_bert_dir: Path, triples_fil
 
     monkeypatch.setattr(training.TrainLogCallback, "on_save", die_after_first_checkpoint, raising=False)
     config = config_for(tiny_bert_dir, triples_file, tmp_path / "resumed", **settings)
-    with pytest.raises(Killed, match="step 3"):
+    with pytest.raises(Killed, match=f"step {first_save}$"):
         train(config)
-    assert not config.output.exists() and (config.checkpoint_dir / "checkpoint-3").is_dir()
+    assert not config.output.exists() and (config.checkpoint_dir / f"checkpoint-{first_save}").is_dir()
     monkeypatch.setattr(training.TrainLogCallback, "on_save", original_on_save, raising=False)
     resumed = train(config)
 
