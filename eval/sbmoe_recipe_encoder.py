@@ -31,8 +31,9 @@ A finished cell is written to eval/results/sbmoe_recipe/cells/<encoder>__<set>__
 trainer's resume is exact) and records ``resumed_from_step``: its minutes then count only the part after it.
 ``--workers N`` runs N cells side by side (on one GPU a minilm training leaves the chip mostly idle);
 ``--out`` writes the cells elsewhere (a device machine's: eval/recipe_encoder_device.sh runs cells there).
-At 30 epochs a SciFact cell at length 256 is about 42 min on the project's 2-core CPU and a SQuAD@1000 cell at
-512 about as long, while a MedQuAD cell (6.0k steps) and a SQuAD-16k cell (7.5k) take about 12 h and 7 h there;
+At 30 epochs a SciFact cell at length 256 took 39 to 72 min on the project's 2-core CPUs (the machine's speed
+varied between sessions) and a SQuAD@1000 cell at 512 105 min (3.3 min an epoch, 38 s of it the dev
+evaluation), while a MedQuAD cell (6.0k steps) and a SQuAD-16k cell (7.5k) take about 12 h and 7 h there;
 on the H200 three MedQuAD cells side by side ran 12 of 30 epochs in a 9-minute call
 (eval/results/sbmoe_recipe/plan.md).
 """
