@@ -110,26 +110,6 @@ def split_folder(train_set: str, root: Path = WORK / "data") -> Path:
     return folder
 
 
-def dev_curve(log: Path) -> list[dict]:
-    """Per evaluation: epoch, mean training loss since the last one, dev nDCG@10 (from the training log).
-
-    A resumed run's log goes on after a header at the step it resumes from: what the killed run logged after
-    that step is replayed, so it is dropped."""
-    curve, losses = [], []
-    for line in log.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if "recipe" in record:
-            curve, losses = [c for c in curve if c["step"] <= record["step"]], []
-        if "loss" in record:
-            losses.append(record["loss"])
-        if "eval_dev_dot_ndcg@10" in record:
-            curve.append({"epoch": round(record["epoch"], 3), "step": record["step"],
-                          "loss": round(sum(losses) / len(losses), 5) if losses else None,
-                          "dev_ndcg10": round(record["eval_dev_dot_ndcg@10"], 5)})
-            losses = []
-    return curve
-
-
 def best_lr(out: Path, encoder: str, train_set: str) -> float:
     """The fine-tuning lr of the search stage with the best last-epoch dev nDCG@10."""
     scores = {}
@@ -165,7 +145,8 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     from sbmoe.models.encoder import EncoderConfig, load_encoder
     from sbmoe.models.pipeline import sbmoe_heads
     from sbmoe.training.config import TrainConfig
-    from sbmoe.training.trainer import checkpoint_step, config_record, last_complete_checkpoint, train
+    from sbmoe.training.train_log import dev_curve, resumed_from_step
+    from sbmoe.training.trainer import config_record, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     output = WORK / "models" / f"{encoder}__{train_set.replace('@', '-')}__{arm}__s{seed}"
@@ -180,12 +161,11 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
         model = load_encoder(EncoderConfig(model=encoder, max_length=config.max_length, device=device))
         record["options"] = {"max_length": config.max_length}
     else:
-        resume = last_complete_checkpoint(config.checkpoint_dir)
-        if resume is not None:  # a cell cut off (the session ended) goes on from its last epoch's checkpoint
-            record["resumed_from_step"] = checkpoint_step(resume)
         started = time.perf_counter()
-        train(config)
+        train(config)  # a cell cut off (the session ended) goes on from its last epoch's checkpoint
         data_info = json.loads((output / "sbmoe_train.json").read_text(encoding="utf-8"))["data"]
+        if (resumed := resumed_from_step(output / "train_log.jsonl")) is not None:
+            record["resumed_from_step"] = resumed
         record.update({"recipe": "paper", "options": config_record(config),
                        "train_minutes": round((time.perf_counter() - started) / 60, 2),
                        "train_queries": data_info["train_queries"],

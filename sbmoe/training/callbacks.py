@@ -16,13 +16,21 @@ logger = logging.getLogger(__name__)
 
 
 class TrainLogCallback(TrainerCallback):
-    """Appends each log (loss, dev nDCG@10, lr) with the expert-usage entropy of every head to a JSONL file."""
+    """Appends each log (loss, dev nDCG@10, lr) with the expert-usage entropy of every head to a JSONL file.
 
-    def __init__(self, model: SentenceTransformer, path: Path) -> None:
+    A stream has no length for the trainer to count epochs by (it counts from where a resume starts), so a
+    streamed run gives ``stream_rows`` (rows in an epoch) and ``rows_per_step`` and logs epochs counted here.
+    """
+
+    def __init__(self, model: SentenceTransformer, path: Path, stream_rows: int | None = None,
+                 rows_per_step: int = 1) -> None:
         self.model, self.path = model, path
+        self.stream_rows, self.rows_per_step = stream_rows, rows_per_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
-        record = {"step": state.global_step, "epoch": state.epoch, **(logs or {})}
+        epoch = state.epoch if self.stream_rows is None else state.global_step * self.rows_per_step / self.stream_rows
+        record = {"step": state.global_step, "epoch": epoch, **(logs or {})}
+        record["epoch"] = epoch  # over the trainer's own count in logs
         heads = sbmoe_heads(self.model)
         if heads and "loss" in (logs or {}):
             record["expert_usage_entropy"] = [round(h.router.usage_entropy(), 4) for h in heads]

@@ -200,7 +200,8 @@ def train(config: TrainConfig) -> Path:
         router_mapping={"anchor": "query", "positive": "document", "negative": "document"}
         if config.separate_heads or (config.head_side == "query" and config.moe != "none") else {},
     )
-    callbacks: list[TrainerCallback] = [TrainLogCallback(trainee, config.checkpoint_dir / "train_log.jsonl")]
+    callbacks: list[TrainerCallback] = [TrainLogCallback(trainee, config.checkpoint_dir / "train_log.jsonl",
+                                                         len(data) if streaming else None, global_batch)]
     if config.patience and evaluator is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)

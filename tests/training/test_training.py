@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from sbmoe.data import DataFormatError, read_triples
 from sbmoe.training import callbacks as training
 from sbmoe.training.config import TrainConfig
+from sbmoe.training.train_log import dev_curve, resumed_from_step
 from sbmoe.training.trainer import train
 
 WORDS = [
@@ -73,23 +74,25 @@ class Killed(RuntimeError):
     # the recipe experiment's cells: a checkpoint every epoch, bf16 encoder passes, constant lr
     dict(epochs=2, precision="bf16", scheduler="constant", weight_decay=0.01, max_grad_norm=0.0),
 ], ids=["every-3-steps", "per-epoch-bf16"])
-def test_kill_and_resume_gives_the_same_weights(tiny_bert_dir: Path, triples_file: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, settings: dict) -> None:
+def test_kill_and_resume_gives_the_same_weights_and_log(tiny_bert_dir: Path, triples_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, settings: dict) -> None:
     clean = train(config_for(tiny_bert_dir, triples_file, tmp_path / "clean", **settings))
     evaluated = [r["step"] for r in log_records(clean) if "eval_dev_dot_ndcg@10" in r]
-    first_save = evaluated[0]  # a checkpoint is saved at each evaluation
-    assert len(evaluated) >= 2 and first_save == settings.get("eval_steps", first_save), evaluated
+    first_save, second_save = evaluated[:2]  # a checkpoint is saved at each evaluation
+    assert first_save == settings.get("eval_steps", first_save), evaluated
 
     original_on_save = training.TrainLogCallback.on_save
 
-    def die_after_first_checkpoint(self, args, state, control, **kwargs):
-        raise Killed(f"killed after saving step {state.global_step}")
+    def die_while_saving_the_second_checkpoint(self, args, state, control, **kwargs):
+        if state.global_step == second_save:  # kill -9 mid-save: the trainer state is written last
+            (Path(args.output_dir) / f"checkpoint-{second_save}" / "trainer_state.json").unlink()
+            raise Killed(f"killed while saving step {state.global_step}")
 
-    monkeypatch.setattr(training.TrainLogCallback, "on_save", die_after_first_checkpoint, raising=False)
+    monkeypatch.setattr(training.TrainLogCallback, "on_save", die_while_saving_the_second_checkpoint, raising=False)
     config = config_for(tiny_bert_dir, triples_file, tmp_path / "resumed", **settings)
-    with pytest.raises(Killed, match=f"step {first_save}$"):
+    with pytest.raises(Killed, match=f"step {second_save}$"):
         train(config)
-    assert not config.output.exists() and (config.checkpoint_dir / f"checkpoint-{first_save}").is_dir()
+    assert not config.output.exists() and (config.checkpoint_dir / f"checkpoint-{second_save}").is_dir()
     monkeypatch.setattr(training.TrainLogCallback, "on_save", original_on_save, raising=False)
     resumed = train(config)
 
@@ -103,6 +106,16 @@ def test_kill_and_resume_gives_the_same_weights(tiny_bert_dir: Path, triples_fil
     assert clean_w.keys() == resumed_w.keys()
     for name in clean_w:
         assert torch.equal(clean_w[name], resumed_w[name]), name
+    # the log went on from the first checkpoint, replaying the second evaluation: read back, it is the clean run's
+    replayed = [r["step"] for r in log_records(resumed) if "eval_dev_dot_ndcg@10" in r]
+    assert replayed.count(second_save) == 2, replayed
+    assert resumed_from_step(resumed / "train_log.jsonl") == first_save
+    assert resumed_from_step(clean / "train_log.jsonl") is None
+    clean_curve = dev_curve(clean / "train_log.jsonl")
+    assert [c["step"] for c in clean_curve] == evaluated
+    # a triples file is streamed: epochs are rows read over rows (42 training triples, 8 a step, 2 epochs)
+    assert 2 - 8 / 42 <= clean_curve[-1]["epoch"] <= 2, clean_curve
+    assert dev_curve(resumed / "train_log.jsonl") == clean_curve
 
 
 def test_head_only_training_keeps_the_encoder_and_saves_a_full_model(tiny_bert_dir: Path, triples_file: Path,
