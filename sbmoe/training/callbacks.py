@@ -29,8 +29,8 @@ class TrainLogCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
         epoch = state.epoch if self.stream_rows is None else state.global_step * self.rows_per_step / self.stream_rows
-        record = {"step": state.global_step, "epoch": epoch, **(logs or {})}
-        record["epoch"] = epoch  # over the trainer's own count in logs
+        record = {"step": state.global_step, "epoch": epoch,
+                  **{key: value for key, value in (logs or {}).items() if key != "epoch"}}
         heads = sbmoe_heads(self.model)
         if heads and "loss" in (logs or {}):
             record["expert_usage_entropy"] = [round(h.router.usage_entropy(), 4) for h in heads]

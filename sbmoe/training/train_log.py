@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+DEV_METRIC = "eval_dev_dot_ndcg@10"
+
 
 def _records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-DEV_METRIC = "eval_dev_dot_ndcg@10"
 
 
 def dev_curve(log: Path) -> list[dict]:
