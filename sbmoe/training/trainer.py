@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .embedding_table import EmbeddingTable
 from .losses import ranking_loss
 from .pairs import TrainingData, beir_data, triples_data
+from .train_log import DEV_METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def train(config: TrainConfig) -> Path:
         save_steps=config.save_steps or eval_steps, save_total_limit=2, ignore_data_skip=streaming,
         accelerator_config={"dispatch_batches": False},  # every rank reads the stream, keeps its slice
         load_best_model_at_end=evaluator is not None and config.keep == "best",
-        metric_for_best_model="eval_dev_dot_ndcg@10",
+        metric_for_best_model=DEV_METRIC,
         greater_is_better=True, logging_steps=max(1, min(eval_steps, 10)), report_to="none",
         disable_tqdm=not config.show_progress,
         learning_rate_mapping=learning_rates(config), use_cpu=not torch.cuda.is_available(),
