@@ -4,6 +4,7 @@
 # minilm-l3 weights (69.6 MB, over the limit alone) travel in two back-to-back calls to one warm machine.
 # Pack here, once (paths ignored through .git/info/exclude), and leave the committed results (34 MB) out of
 # the calls while they run (tier-E cells still travel, so finished cells are skipped there):
+#   bash eval/recipe_encoder_device.sh wheels    # needs the package registry; 20.9 MB on 2026-12-07
 #   bash eval/recipe_encoder_device.sh pack
 #   bash eval/recipe_encoder_device.sh slim      # ... the device calls ...   bash eval/recipe_encoder_device.sh unslim
 # then on the device, from the repo root, within the 30 s a machine stays warm between the calls:
@@ -22,11 +23,26 @@ export SBMOE_DATA=$LIVE/data SBMOE_CACHE=$LIVE/cache HF_HUB_OFFLINE=1 PYTHONPATH
 SETS="medquad squad scifact arguana cranfield cacm msmarco-dl19-mini"
 MODEL=eval/cache/sbmoe/models/minilm-l3
 WHEELS="sentence-transformers==6.3.0 datasets faiss-cpu==1.15.1 ir_measures==0.4.3"
+# What the device image lacks (its package list: the device library's KINDS.md; its Python is 3.12): the four
+# above at the versions this CPU ran and their needs that the image does not hold. datasets 5.2.0 wants
+# pyarrow >= 24, which the image met on 2026-12-04.
+DOWNLOADS="sentence-transformers==6.3.0 datasets==5.2.0 faiss-cpu==1.15.1 ir_measures==0.4.3
+  pytrec-eval-terrier==0.5.11 dill==0.4.1 multiprocess==0.70.19"
 PART1=26000000  # bytes of the weights in the first call: wheels + data + part 1 stay under 64 MiB
 
+ignore() { mkdir -p .git/info && { grep -qx "$1" .git/info/exclude 2>/dev/null || echo "$1" >> .git/info/exclude; }; }
+
 case "${1:-}" in
+wheels)
+  ignore /.whl/ && mkdir -p .whl
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl $DOWNLOADS
+  du -cb .whl/* | tail -1
+  ;;
 pack)
-  mkdir -p .dev/a .dev/b
+  ignore /.dev/ && mkdir -p .dev/a .dev/b
   (cd ../shared/data && tar cf - $SETS) | xz -6 > .dev/a/data.tar.xz
   tar cf .dev/a/model_meta.tar --exclude=model.safetensors -C "$(dirname $MODEL)" minilm-l3
   head -c $PART1 $MODEL/model.safetensors > .dev/a/weights.part1
@@ -76,6 +92,6 @@ run)
   tail -n 3 "$OUT"/runner*.log
   ;;
 *)
-  echo "usage: $0 pack | slim | unslim | setup | run SECONDS 'runner options'..." >&2; exit 2
+  echo "usage: $0 wheels | pack | slim | unslim | setup | run SECONDS 'runner options'..." >&2; exit 2
   ;;
 esac
