@@ -22,12 +22,11 @@ LIVE=/tmp/sbmoe-live
 export SBMOE_DATA=$LIVE/data SBMOE_CACHE=$LIVE/cache HF_HUB_OFFLINE=1 PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 SETS="medquad squad scifact arguana cranfield cacm msmarco-dl19-mini"
 MODEL=eval/cache/sbmoe/models/minilm-l3
-WHEELS="sentence-transformers==6.3.0 datasets faiss-cpu==1.15.1 ir_measures==0.4.3"
+WHEELS="sentence-transformers==6.3.0 datasets==5.2.0 faiss-cpu==1.15.1 ir_measures==0.4.3"
 # What the device image lacks (its package list: the device library's KINDS.md; its Python is 3.12): the four
-# above at the versions this CPU ran and their needs that the image does not hold. datasets 5.2.0 wants
+# above, at the versions this CPU ran, and their needs that the image does not hold. datasets 5.2.0 wants
 # pyarrow >= 24, which the image met on 2026-12-04.
-DOWNLOADS="sentence-transformers==6.3.0 datasets==5.2.0 faiss-cpu==1.15.1 ir_measures==0.4.3
-  pytrec-eval-terrier==0.5.11 dill==0.4.1 multiprocess==0.70.19"
+DOWNLOADS="$WHEELS pytrec-eval-terrier==0.5.11 dill==0.4.1 multiprocess==0.70.19"
 PART1=26000000  # bytes of the weights in the first call: wheels + data + part 1 stay under 64 MiB
 
 ignore() { mkdir -p .git/info && { grep -qx "$1" .git/info/exclude 2>/dev/null || echo "$1" >> .git/info/exclude; }; }
