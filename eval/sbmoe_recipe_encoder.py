@@ -31,11 +31,8 @@ A finished cell is written to eval/results/sbmoe_recipe/cells/<encoder>__<set>__
 trainer's resume is exact) and records ``resumed_from_step``: its minutes then count only the part after it.
 ``--workers N`` runs N cells side by side (on one GPU a minilm training leaves the chip mostly idle);
 ``--out`` writes the cells elsewhere (a device machine's: eval/recipe_encoder_device.sh runs cells there).
-At 30 epochs a SciFact cell at length 256 took 39 to 72 min on the project's 2-core CPUs (the machine's speed
-varied between sessions) and a SQuAD@1000 cell at 512 100 to 115 min (3.3 min an epoch, 38 s of it the dev
-evaluation; about 10 s a step). At that rate a SQuAD@4000 cell (1.9k steps) takes about 5.5 h there, a SQuAD-16k
-cell (7.5k) about 21 h and a MedQuAD cell (6.0k steps of 1.7x the tokens) about 28 h; on the H200 three
-MedQuAD cells side by side ran 12 of 30 epochs in a 9-minute call (eval/results/sbmoe_recipe/plan.md).
+What a cell costs on the project's CPUs and on a lent GPU, measured per session, is in
+eval/results/sbmoe_recipe/plan.md; the sets that need a GPU run through eval/recipe_encoder_device.sh.
 """
 
 from __future__ import annotations
