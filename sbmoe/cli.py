@@ -32,6 +32,7 @@ from .evaluation.report import format_leaderboard, format_metric_table
 from .evaluation.routing import RoutingConfig, routing_report
 from .evaluation.significance import CORRECTIONS, TESTS, SignificanceConfig
 from .evaluation.systems import SystemsConfig
+from .experts.config import EXPERT_KINDS, ROUTING_MODES, ExpertConfig, RoutedConfig
 from .index.builder import IndexConfig, build_index
 from .index.faiss_index import INDEX_TYPES, IndexMismatchError, IndexType
 from .index.shards import SHARD_DTYPES, ShardError
@@ -40,6 +41,7 @@ from .lm.data import CORPORA
 from .memory import return_freed_tensors
 from .models.aliases import ALIASES, ModelLoadError
 from .models.choices import BACKENDS, GATES, MOE_CHOICES
+from .models.declared import SIMILARITIES
 from .models.encoder import EncoderConfig, set_threads
 from .models.export import EXPORT_FORMATS, ExportConfig, export_model
 from .moe.quant.config import QUANT_METHODS, QuantConfig
@@ -121,6 +123,12 @@ THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
 SPLIT = typer.Option(None, help="With a dataset name: the qrels split whose queries to run.")
 BACKEND = typer.Option(ENC.backend, "--backend", help=f"{' | '.join(BACKENDS)}: torch, or ONNX Runtime on the CPU "
                        "(the model folder's onnx/ graph, else one exported into the cache).")
+SIMILARITY = typer.Option(None, "--similarity", help=f"{' | '.join(SIMILARITIES)}: score with this instead of the "
+                          "model's declared similarity_fn_name (sentence-transformers' default: cosine).")
+QUERY_PROMPT = typer.Option(None, "--query-prompt", help="Prepend this to every query instead of the model's "
+                            "declared query prompt ('' for none).")
+DOCUMENT_PROMPT = typer.Option(None, "--document-prompt", help="Prepend this to every document instead of the "
+                               "model's declared document prompt ('' for none).")
 SIG = SignificanceConfig()
 BASELINE = typer.Option(SIG.baseline, "--baseline", help="The system the others are tested against (default: the "
                         "first).")
@@ -160,6 +168,9 @@ def index(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index folder."),
     threads: int | None = THREADS,
     backend: str = BACKEND,
+    similarity: str | None = SIMILARITY,
+    query_prompt: str | None = QUERY_PROMPT,
+    document_prompt: str | None = DOCUMENT_PROMPT,
 ) -> None:
     """Encode a corpus into a FAISS index folder (index.faiss, doc_ids.txt, meta.json).
 
@@ -173,10 +184,12 @@ def index(
         build_params=given(efConstruction=ef_construction), search_params=given(efSearch=ef_search, nprobe=nprobe),
         chunk_size=chunk_size, shard_dtype=shard_dtype, devices=tuple(split_list(devices)), keep_shards=keep_shards,
         use_cache=not no_cache, overwrite=overwrite, show_progress=progress(),
-        encoder=EncoderConfig(model, pooling, max_length, normalize, batch_size, device, backend))
+        encoder=EncoderConfig(model, pooling, max_length, normalize, batch_size, device, backend, similarity,
+                              query_prompt, document_prompt))
     built = build_index(config)
     if built is not None:  # None on the ranks other than 0 of a torchrun job
-        typer.echo(f"indexed {built.meta.count} documents ({built.meta.dim}-d, {built.meta.factory}) -> {output}")
+        typer.echo(f"indexed {built.meta.count} documents ({built.meta.dim}-d, {built.meta.factory}, "
+                   f"{built.meta.similarity} similarity) -> {output}")
 
 
 @app.command()
@@ -202,6 +215,10 @@ def search(
     drop_self_hits: bool | None = SELF_HITS,
     backend: str | None = typer.Option(None, "--backend", help=f"{' | '.join(BACKENDS)} (default: the one that "
                                        "built the index)."),
+    similarity: str | None = typer.Option(None, "--similarity", help="Must equal the similarity the index was "
+                                          "built for (default: meta.json's)."),
+    query_prompt: str | None = typer.Option(None, "--query-prompt", help="Prepend this to every query (default: "
+                                            "the prompt meta.json records, else the model's)."),
 ) -> None:
     """Search an index: texts typed with --query (a ranked list on the screen), or a queries file or a
     dataset's queries with --queries (a TREC run written to --output)."""
@@ -213,7 +230,7 @@ def search(
         from .index.hits import format_hits, hits_json, search_queries
 
         results = search_queries(index_dir, query, QUERY_HITS if k is None else k, model, params, dataset, backend,
-                                 batch_size)
+                                 batch_size, similarity, query_prompt)
         typer.echo(hits_json(results) if as_json else format_hits(results))
         return
     if queries is None or output is None:
@@ -221,7 +238,7 @@ def search(
     from .index.retriever import search_to_trec
 
     run = search_to_trec(index_dir, queries, output, DEFAULT_DEPTH if k is None else k, split, model, params,
-                         batch_size, drop_self_hits, backend)
+                         batch_size, drop_self_hits, backend, similarity, query_prompt)
     typer.echo(f"searched {len(run)} queries -> {output}")
 
 
@@ -249,6 +266,9 @@ def evaluate_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     drop_self_hits: bool | None = SELF_HITS,
     backend: str = BACKEND,
+    similarity: str | None = SIMILARITY,
+    query_prompt: str | None = QUERY_PROMPT,
+    document_prompt: str | None = DOCUMENT_PROMPT,
     baseline: str | None = BASELINE,
     test: str = TEST,
     correction: str = CORRECTION,
@@ -261,7 +281,7 @@ def evaluate_command(
     set_threads(threads)
     systems = SystemsConfig(models=split_list(model), bm25=bm25, hybrid=hybrid, fusion=fusion, alpha=alpha,
                             encoder=EncoderConfig(ENC.model, pooling, max_length, normalize, batch_size, device,
-                                                  backend),
+                                                  backend, similarity, query_prompt, document_prompt),
                             bm25_config=BM25Config(**given(threads=threads)), use_cache=not no_cache,
                             show_progress=progress())
     metric_names = split_list(metrics)
@@ -269,11 +289,21 @@ def evaluate_command(
     report = evaluate(EvalConfig(systems=systems, datasets=split_list(datasets), metrics=metric_names, split=split,
                                  output_dir=output_dir, drop_self_hits=drop_self_hits, significance=tests))
     for name in report.systems():
-        typer.echo(f"\nsystem: {name}\n{format_metric_table(report, name)}")
+        typer.echo(f"\nsystem: {name}{scoring_note(report.provenance.get('models', {}).get(name, {}))}\n"
+                   f"{format_metric_table(report, name)}")
     if len(report.systems()) > 1:
         typer.echo(f"\nleaderboard ({metric_names[0]})\n{format_leaderboard(report, metric_names[0])}")
         echo_significance(report)
     typer.echo(f"\nresults: {output_dir / 'eval.json'}")
+
+
+def scoring_note(described: dict) -> str:
+    """How a dense system scored: its similarity (and whether a flag chose it) and its prompts, for the header."""
+    if "similarity" not in described:
+        return ""
+    note = f" ({described['similarity']} similarity{', overridden' if described.get('similarity_overridden') else ''}"
+    prompts = {task: p for task, p in (described.get("prompts") or {}).items() if p}
+    return note + "".join(f", {task} prompt {p!r}" for task, p in prompts.items()) + ")"
 
 
 def echo_significance(report: Any) -> None:
@@ -501,6 +531,78 @@ def train_command(
     saved = train(config)
     if is_main():
         typer.echo(f"saved {saved}")
+
+
+expert_app = typer.Typer(help="Domain experts: query-side LoRA adapters on one frozen base encoder, and a routed "
+                         "model that sends each query to one (documents keep the base model's embeddings).",
+                         no_args_is_help=True)
+app.add_typer(expert_app, name="expert")
+EXP, RTD = ExpertConfig, RoutedConfig
+
+
+@expert_app.command("train")
+@user_errors
+def expert_train(
+    output: Path = typer.Option(..., "--output", "-o", help="Expert folder to write (adapter files, expert.json)."),
+    data: str = typer.Option(",".join(EXP.data), "--data", help="BEIR dataset(s), comma-separated: several make "
+                             "one multi-task expert on their union."),
+    model: str = MODEL,
+    split: str = typer.Option(EXP.split, help="qrels split of the training queries."),
+    kind: str = typer.Option(EXP.kind, help=f"{' | '.join(EXPERT_KINDS)}: LoRA in the encoder's query pass, or a "
+                             "residual map on the pooled query embedding (trains on cached embeddings)."),
+    rank: int = typer.Option(EXP.rank, help="LoRA rank (or the pooled map's)."),
+    alpha: int = typer.Option(EXP.alpha, help="LoRA alpha."),
+    lr: float = typer.Option(EXP.lr, "--lr"),
+    epochs: int = typer.Option(EXP.epochs, help="Epochs; each ends with dev nDCG@10, and the best epoch is kept."),
+    max_steps: int = typer.Option(EXP.max_steps, help="Stop after this many steps (0: the epochs decide)."),
+    batch_size: int = typer.Option(EXP.batch_size, "--batch-size", "-b"),
+    temperature: float | None = typer.Option(None, help="Softmax temperature (default: 0.05 for cosine models, 1 "
+                                             "for dot)."),
+    negatives: str = typer.Option(EXP.negatives, help="mined (one per query, base model) | none."),
+    max_queries: int = typer.Option(EXP.max_queries, help="At most this many training queries per dataset (0: all)."),
+    seed: int = typer.Option(EXP.seed),
+    name: str | None = typer.Option(None, help="The expert's name (default: the datasets)."),
+    threads: int | None = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Train a query-side expert against the base model's document embeddings; rerun to resume."""
+    from .experts.trainer import train_expert
+
+    set_threads(threads)
+    config = ExpertConfig(model=model, data=tuple(split_list(data)), output=output, split=split, kind=kind, rank=rank,
+                          alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                          temperature=temperature, negatives=negatives, max_queries=max_queries, seed=seed, name=name,
+                          show_progress=progress(), overwrite=overwrite)
+    typer.echo(f"saved {train_expert(config)}")
+
+
+@expert_app.command("route")
+@user_errors
+def expert_route(
+    experts: list[str] = typer.Argument(..., help="NAME=FOLDER of each expert (from `sbmoe expert train`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Routed model folder to write."),
+    mode: str = typer.Option(RTD.mode, help=f"{' | '.join(ROUTING_MODES)}."),
+    pilots: int = typer.Option(RTD.pilots_per_expert, help="k-means pilots per expert."),
+    routing_queries: int = typer.Option(RTD.routing_queries, help="Training queries per domain the routing is "
+                                        "built from."),
+    seed: int = typer.Option(RTD.seed),
+    threads: int | None = THREADS,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Build a routed model (base encoder + experts + routing tables) that index, search and eval load like any
+    model; an index built with the base model serves it."""
+    from .experts.build import build_routed_model
+
+    set_threads(threads)
+    named = {}
+    for entry in experts:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"expert {entry!r}: give NAME=FOLDER")
+        named[name] = Path(folder)
+    config = RoutedConfig(experts=named, output=output, mode=mode, pilots_per_expert=pilots,
+                          routing_queries=routing_queries, seed=seed, overwrite=overwrite)
+    typer.echo(f"saved {build_routed_model(config)}")
 
 
 lm_app = typer.Typer(help="The tiny MoE language-model testbed (sbmoe.lm): layer-local MoE or ReXMoE with PSR, "

@@ -1,4 +1,6 @@
-"""Routing analytics of an SB-MoE model: which expert each query and document goes to, per dataset.
+"""Routing analytics of an SB-MoE model: which expert each query and document goes to, per dataset. For a routed
+model of query-side experts (``sbmoe expert route``) documents all stay with the base encoder, so only the query
+shares under its routing mode are reported.
 
 Reported per dataset: the share of documents and of queries routed to each expert, the entropy of the
 document shares (ln E when balanced, 0 when one expert takes everything), and co-routing: over judged
@@ -58,9 +60,10 @@ class RoutingReport:
     datasets: list[DatasetRouting]
 
     def table(self) -> str:
-        lines = [f"{'dataset':<20} {'entropy':>8} {'H/lnE':>6} {'co-route':>8} {'chance':>7}  document shares"]
+        side = "document" if any(r.document_shares for r in self.datasets) else "query"
+        lines = [f"{'dataset':<20} {'entropy':>8} {'H/lnE':>6} {'co-route':>8} {'chance':>7}  {side} shares"]
         for r in self.datasets:
-            shares = " ".join(f"{s:.2f}" for s in r.document_shares)
+            shares = " ".join(f"{s:.2f}" for s in (r.document_shares or r.query_shares))
             lines.append(f"{r.dataset:<20} {r.entropy:>8.3f} {r.normalized_entropy:>6.2f} {r.co_routing:>8.3f} "
                          f"{r.co_routing_chance:>7.3f}  {shares}")
         return "\n".join(lines)
@@ -112,6 +115,8 @@ def dataset_routing(model: SentenceTransformer, dataset: BeirDataset, split: str
     from ..models.encoding import encode_corpus, encode_texts
     from ..models.pipeline import pooling_prefix, sbmoe_heads
 
+    if hasattr(model[0], "expert_names"):  # a routed model of query-side experts
+        return routed_dataset_routing(model, dataset, split, batch_size)
     heads = sbmoe_heads(model)
     if not heads:
         raise ValueError("model has no SB-MoE head to analyse (train one with `sbmoe train --moe top1`)")
@@ -120,7 +125,7 @@ def dataset_routing(model: SentenceTransformer, dataset: BeirDataset, split: str
     doc_ids, pooled_docs = encode_corpus(prefix, dataset, batch_size, cache=cache, show_progress=show_progress)
     queries, qrels = dataset.load_split(split)
     qids = list(queries)
-    pooled_queries = encode_texts(prefix, [queries[q] for q in qids], batch_size)
+    pooled_queries = encode_texts(prefix, [queries[q] for q in qids], batch_size, task="query")
     doc_route, query_route = route(doc_head, pooled_docs), route(query_head, pooled_queries)
     num_experts = doc_head.num_experts
     doc_shares, query_shares = shares(doc_route, num_experts), shares(query_route, num_experts)
@@ -133,6 +138,28 @@ def dataset_routing(model: SentenceTransformer, dataset: BeirDataset, split: str
         co_routing=round(co_routing(dict(zip(qids, query_route.tolist(), strict=True)),
                                     dict(zip(doc_ids, doc_route.tolist(), strict=True)), qrels), 4),
         co_routing_chance=round(float(doc_shares @ query_shares), 4), judged_queries=len(qids))
+
+
+def routed_dataset_routing(model: SentenceTransformer, dataset: BeirDataset, split: str | None,
+                           batch_size: int) -> DatasetRouting:
+    """Query shares of a routed model's experts under its mode; routing reads the base embedding, which is what
+    the model gives a text encoded as a document."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..models.encoding import encode_texts
+
+    module = model[0]
+    queries, _ = dataset.load_split(split)
+    base = encode_texts(model, list(queries.values()), batch_size, task="document")
+    experts = len(module.expert_names)
+    weights = module.tables.weights(F.normalize(torch.from_numpy(base), dim=-1), module.mode, experts)
+    query_shares = weights.mean(dim=0).numpy().astype(np.float64)
+    h = entropy(query_shares)
+    return DatasetRouting(dataset=dataset.name, num_experts=experts, document_shares=[],
+                          query_shares=[round(float(s), 4) for s in query_shares], entropy=round(h, 4),
+                          normalized_entropy=round(h / math.log(experts), 4) if experts > 1 else 1.0,
+                          co_routing=math.nan, co_routing_chance=math.nan, judged_queries=len(queries))
 
 
 def routing_report(config: RoutingConfig, model: SentenceTransformer | None = None) -> RoutingReport:
@@ -160,7 +187,7 @@ def plot_routing(report: RoutingReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(report.datasets) * num_experts ** 0.5), 3.4))
     width = 0.8 / num_experts
     for e in range(num_experts):
-        values = [r.document_shares[e] if e < r.num_experts else 0.0 for r in report.datasets]
+        values = [(r.document_shares or r.query_shares)[e] if e < r.num_experts else 0.0 for r in report.datasets]
         ax.bar([i + e * width for i in range(len(report.datasets))], values, width, label=f"expert {e}")
     ax.set_xticks([i + width * (num_experts - 1) / 2 for i in range(len(report.datasets))],
                   [r.dataset for r in report.datasets])

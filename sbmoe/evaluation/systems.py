@@ -98,7 +98,8 @@ def dense_system(
         loaded = state["model"]
         return {"model": config.model, "fingerprint": known.model_fingerprint, "backend": config.backend,
                 "device": str(loaded.device) if loaded is not None else None, "pooling": config.pooling,
-                "max_length": known.max_length, "normalize": config.normalize}
+                "max_length": known.max_length, "normalize": config.normalize, "similarity": known.similarity,
+                "similarity_overridden": config.similarity is not None, "prompts": known.prompts}
 
     retrieve.describe = describe  # type: ignore[attr-defined]
     retrieve.encoder_config = config  # type: ignore[attr-defined]
@@ -107,9 +108,10 @@ def dense_system(
 
 def index_meta(facts: EncoderFacts, model_name: str, factory: str = "Flat") -> IndexMeta:
     """What ``index_meta_for`` records of a loaded model, from its facts (no weights needed)."""
-    return IndexMeta(model=model_name, model_fingerprint=facts.model_fingerprint, pooling=facts.pooling,
+    return IndexMeta(model=model_name, model_fingerprint=facts.document_fingerprint or facts.model_fingerprint,
+                     pooling=facts.pooling,
                      dim=facts.dim, normalize=facts.normalize, count=0, max_length=facts.max_length, factory=factory,
-                     backend=facts.backend)
+                     backend=facts.backend, similarity=facts.similarity, prompts=dict(facts.prompts))
 
 
 def bm25_system(config: BM25Config | None = None):

@@ -17,6 +17,7 @@ from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from .faiss_index import DenseIndex, index_meta_for
 from .shards import SHARD_DTYPES, ShardManifest, encode_to_shards, index_from_shards, iter_shards
+from .similarity import check_searchable
 
 if TYPE_CHECKING:  # the encoder stack loads with the first model, not with IndexConfig
     from sentence_transformers import SentenceTransformer
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # the encoder stack loads with the first model, not with Inde
 def corpus_encoder(model: SentenceTransformer, batch_size: int,
                    devices: Sequence[str] = ()) -> Iterator[Callable[[list[str]], np.ndarray]]:
     """A texts -> embeddings function: in this process, or over several devices through
-    sentence-transformers' multi-process pool (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``)."""
+    sentence-transformers' multi-process pool (``["cuda:0", "cuda:1"]``, ``["cpu", "cpu"]``). Both apply the
+    model's document prompt (``encode_texts`` with task "document" resolves it as ``encode_document`` does)."""
     if len(devices) <= 1:
         from ..models.encoding import encode_texts
 
@@ -86,6 +88,7 @@ def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -
     dataset = BeirDataset.open(config.dataset)
     model = model if model is not None else load_encoder(config.encoder)
     meta = index_meta_for(model, config.encoder.model, config.factory)
+    check_searchable(meta.similarity, config.encoder.model)  # before any encoding
     meta.corpus_fingerprint = dataset.corpus_fingerprint()
     named = Path(config.dataset)
     meta.dataset = str(named.resolve()) if named.is_dir() else str(config.dataset)  # a folder, or a registry name
@@ -99,7 +102,7 @@ def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -
         index = DenseIndex.from_embeddings(hit[1], hit[0], meta)
     else:
         manifest = ShardManifest(meta.model_fingerprint, meta.corpus_fingerprint, config.chunk_size,
-                                 config.shard_dtype, meta.dim)
+                                 config.shard_dtype, meta.dim, meta.prompts.get("document", ""))
         parallel = distributed.init_process_group()
         devices = config.devices or ((distributed.local_device(),) if parallel else ())
         with corpus_encoder(model, config.encoder.batch_size, devices) as encode:

@@ -18,6 +18,14 @@ import numpy as np
 from ..atomic import atomic_dir
 from ..runs import Run, SelfHits, top_hits
 from ..version import __version__
+from .similarity import (
+    LEGACY_SIMILARITY,
+    check_searchable,
+    faiss_metric,
+    metric_name,
+    prepare_vectors,
+    scores_from_faiss,
+)
 
 if TYPE_CHECKING:  # faiss and the encoder stack load when an index is built or read, not with IndexType
     import faiss
@@ -51,6 +59,8 @@ class IndexMeta:
     sbmoe_version: str = __version__
     backend: str = "torch"  # what ran the encoder (torch, onnx, onnx-int8); search reuses it
     dataset: str | None = None  # the corpus it indexes (registry name or folder): titles and texts of hits
+    similarity: str = LEGACY_SIMILARITY  # cosine | dot | euclidean: what the vectors are stored and scored for
+    prompts: dict[str, str] = field(default_factory=dict)  # {"query", "document"} prompts it was built with
 
     @classmethod
     def from_json(cls, path: Path) -> IndexMeta:
@@ -107,31 +117,37 @@ def factory_string(kind: str, **shape: int) -> str:
 
 
 def index_meta_for(model: SentenceTransformer, model_name: str, factory: str = "Flat") -> IndexMeta:
-    from ..models.fingerprint import model_fingerprint
+    from ..models.declared import declared_prompts, declared_similarity
+    from ..models.fingerprint import document_fingerprint
     from ..models.onnx_backend import backend_of
     from ..models.pipeline import normalizes, pooling_mode
 
     return IndexMeta(
         model=model_name,
-        model_fingerprint=model_fingerprint(model),
+        model_fingerprint=document_fingerprint(model),  # what built the stored vectors
         pooling=pooling_mode(model),
         dim=model.get_embedding_dimension(),
         normalize=normalizes(model),
         count=0,
         max_length=model.max_seq_length,
         factory=factory,
+        metric=metric_name(declared_similarity(model)),
         backend=backend_of(model),
+        similarity=declared_similarity(model),
+        prompts=declared_prompts(model),
     )
 
 
-def new_faiss_index(dim: int, factory: str, build_params: dict[str, Any] | None = None) -> faiss.Index:
-    """An empty inner-product index of any faiss factory type, with its build-time parameters set.
+def new_faiss_index(dim: int, factory: str, build_params: dict[str, Any] | None = None,
+                    similarity: str = "dot") -> faiss.Index:
+    """An empty index of any faiss factory type for ``similarity`` (inner product, or L2 for euclidean), with
+    its build-time parameters set.
 
     The one place an index is created: in-memory builds, builds from shards and the benchmark use it.
     """
     import faiss
 
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, factory, faiss_metric(similarity))
     for name, value in (build_params or {}).items():
         if name != "efConstruction":
             raise ValueError(f"unknown index build parameter {name!r}")
@@ -143,7 +159,8 @@ def new_faiss_index(dim: int, factory: str, build_params: dict[str, Any] | None 
 
 
 class DenseIndex:
-    """FAISS inner-product index plus doc ids; scores are dot products of the stored embeddings."""
+    """FAISS index plus doc ids. Vectors go in and queries are searched as ``meta.similarity`` scores them
+    (``similarity.prepare_vectors``), so callers pass raw model embeddings on both sides."""
 
     def __init__(self, index: faiss.Index, doc_ids: list[str], meta: IndexMeta) -> None:
         if index.ntotal != len(doc_ids):
@@ -161,8 +178,10 @@ class DenseIndex:
             raise IndexMismatchError(f"embeddings of shape {embeddings.shape} do not match dim {meta.dim}")
         if len(doc_ids) == 0:
             raise ValueError("cannot build an index over an empty corpus")
-        index = new_faiss_index(meta.dim, meta.factory, meta.build_params)
-        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        check_searchable(meta.similarity, meta.model)
+        meta.metric = metric_name(meta.similarity)
+        index = new_faiss_index(meta.dim, meta.factory, meta.build_params, meta.similarity)
+        vectors = prepare_vectors(embeddings, meta.similarity)
         if not index.is_trained:
             index.train(vectors)
         index.add(vectors)
@@ -198,8 +217,9 @@ class DenseIndex:
         loaded.apply_search_params(meta.search_params)
         return loaded
 
-    def check_encoder(self, fingerprint: str, dim: int) -> None:
-        """Refuse to search with an encoder other than the one that built the index."""
+    def check_encoder(self, fingerprint: str, dim: int, similarity: str | None = None) -> None:
+        """Refuse to search with an encoder other than the one that built the index, or with another similarity
+        than the one its vectors were stored for."""
         if dim != self.meta.dim:
             raise IndexMismatchError(
                 f"encoder produces {dim}-d embeddings but the index holds {self.meta.dim}-d vectors "
@@ -209,6 +229,11 @@ class DenseIndex:
             raise IndexMismatchError(
                 f"encoder does not match the one that built this index ({self.meta.model}, fingerprint "
                 f"{self.meta.model_fingerprint[:12]}, got {fingerprint[:12]}); re-index or pass the same model"
+            )
+        if similarity is not None and similarity != self.meta.similarity:
+            raise IndexMismatchError(
+                f"index was built for {self.meta.similarity} similarity (meta.json), but {self.meta.model} is "
+                f"scored with {similarity}; re-index, or pass --similarity {self.meta.similarity}"
             )
 
     def apply_search_params(self, params: dict[str, Any]) -> None:
@@ -230,9 +255,9 @@ class DenseIndex:
         if queries.ndim != 2 or queries.shape[1] != self.meta.dim:
             raise IndexMismatchError(f"query embeddings of shape {queries.shape} do not match dim {self.meta.dim}")
         k = min(k, self.index.ntotal)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        raw, rows = self.index.search(prepare_vectors(queries, self.meta.similarity), k)
         ids = [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
-        return scores, ids
+        return scores_from_faiss(raw, self.meta.similarity), ids
 
     def run(self, qids: Sequence[str], embeddings: np.ndarray, k: int, drop_self_hits: SelfHits = False) -> Run:
         """{query id: {doc id: score}} for query embeddings (rows in ``qids`` order), the top ``k`` of each.

@@ -88,7 +88,8 @@ class CorpusLookup:
 
 def search_queries(index_dir: Path, queries: Sequence[str], k: int = 10, model: str | None = None,
                    search_params: dict[str, int] | None = None, dataset: str | None = None,
-                   backend: str | None = None, batch_size: int | None = None) -> list[QueryHits]:
+                   backend: str | None = None, batch_size: int | None = None, similarity: str | None = None,
+                   query_prompt: str | None = None) -> list[QueryHits]:
     """Each query's top ``k`` hits in an index folder, with titles and snippets when the corpus is at hand.
 
     The encoder (meta.json's unless ``model`` says otherwise) loads once for all queries; the ranking is
@@ -100,7 +101,7 @@ def search_queries(index_dir: Path, queries: Sequence[str], k: int = 10, model: 
         raise ValueError("--query needs a non-empty text")
     if k < 1:
         raise ValueError(f"-k must be positive, got {k}")
-    retriever = Retriever.from_index(index_dir, model, backend)
+    retriever = Retriever.from_index(index_dir, model, backend, similarity, query_prompt)
     if batch_size is not None:
         retriever.batch_size = batch_size
     retriever.index.apply_search_params(search_params or {})

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from ..data import BeirDataset, load_queries
+from ..models.declared import declared_similarity
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_corpus, encode_texts
-from ..models.fingerprint import model_fingerprint
+from ..models.fingerprint import document_fingerprint
 from ..runs import DEFAULT_DEPTH, Run, SelfHits, write_trec_run
-from .faiss_index import DenseIndex, index_meta_for
+from .faiss_index import DenseIndex, IndexMismatchError, index_meta_for
 
 logger = logging.getLogger(__name__)
 
 
 class Retriever:
-    """An encoder and an index built with it. ``search`` maps queries to ranked doc ids and scores."""
+    """An encoder and an index built with it. ``search`` maps queries to ranked doc ids and scores, under the
+    similarity the index was built for (which must be the one the encoder declares, or was told to use)."""
 
     def __init__(self, model: SentenceTransformer, index: DenseIndex, batch_size: int = 64) -> None:
-        index.check_encoder(model_fingerprint(model), model.get_embedding_dimension())
+        index.check_encoder(document_fingerprint(model), model.get_embedding_dimension(), declared_similarity(model))
         self.model = model
         self.index = index
         self.batch_size = batch_size
@@ -32,13 +35,23 @@ class Retriever:
     @classmethod
     def from_index(
         cls, index_dir: Path, model: SentenceTransformer | EncoderConfig | str | None = None,
-        backend: str | None = None,
+        backend: str | None = None, similarity: str | None = None, query_prompt: str | None = None,
     ) -> Retriever:
-        """Open an index folder; the encoder and its backend default to those named in its meta.json."""
+        """Open an index folder; the encoder, its backend, its query prompt and its similarity default to those
+        recorded in meta.json (an index built with ``--similarity dot`` is searched with dot). A similarity
+        given here, or declared by a loaded model passed in, that differs from the index's is one line."""
         index = DenseIndex.load(Path(index_dir))
+        if similarity is not None and similarity != index.meta.similarity:  # before loading any weights
+            raise IndexMismatchError(f"{index_dir}: the index was built for {index.meta.similarity} similarity "
+                                     f"(meta.json), not {similarity}; re-index with --similarity {similarity}")
         if model is None or isinstance(model, str):
             model = EncoderConfig(model=model or index.meta.model, backend=backend or index.meta.backend)
         if isinstance(model, EncoderConfig):
+            recorded = index.meta.prompts.get("query") if index.meta.prompts else None
+            model = replace(model, similarity=next(s for s in (similarity, model.similarity, index.meta.similarity)
+                                                   if s is not None),
+                            query_prompt=next((p for p in (query_prompt, model.query_prompt, recorded)
+                                               if p is not None), None))
             batch_size = model.batch_size
             model = load_encoder(model)
         else:
@@ -86,15 +99,16 @@ class Retriever:
 def search_to_trec(index_dir: Path, queries: str, output: Path, k: int = DEFAULT_DEPTH, split: str | None = None,
                    model: str | None = None, search_params: dict[str, int] | None = None,
                    batch_size: int = EncoderConfig.batch_size, drop_self_hits: bool | None = None,
-                   backend: str | None = None) -> Run:
+                   backend: str | None = None, similarity: str | None = None,
+                   query_prompt: str | None = None) -> Run:
     """``sbmoe search``: queries (a file, or a dataset's judged ones) against an index folder -> TREC run.
 
     The encoder defaults to the one named in the index's meta.json; ``search_params`` (nprobe, efSearch)
     override the stored ones; ``drop_self_hits`` overrides the dataset's self-hit rule; ``backend`` (torch,
-    onnx, onnx-int8) the one that built the index.
+    onnx, onnx-int8) the one that built the index; ``similarity`` and ``query_prompt`` the recorded ones.
     """
     texts, drop_self_hits = load_queries(queries, split, drop_self_hits)
-    retriever = Retriever.from_index(index_dir, model, backend)
+    retriever = Retriever.from_index(index_dir, model, backend, similarity, query_prompt)
     retriever.batch_size = batch_size
     retriever.index.apply_search_params(search_params or {})
     run = retriever.search(texts, k=k, drop_self_hits=drop_self_hits)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_file, reason_of
 from ..data import BeirDataset, DataFormatError
 from .faiss_index import DenseIndex, IndexMeta, IndexMismatchError, new_faiss_index
+from .similarity import check_searchable, metric_name, prepare_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ShardManifest:
     chunk_size: int
     dtype: str
     dim: int
+    prompt: str = ""  # the document prompt the shards were encoded with
 
     @classmethod
     def read(cls, path: Path) -> ShardManifest:
@@ -155,15 +157,18 @@ def iter_shards(folder: Path, count: int, manifest: ShardManifest) -> Iterator[t
 
 def index_from_shards(folder: Path, count: int, manifest: ShardManifest, meta: IndexMeta,
                       train_size: int = 100_000, seed: int = 0) -> DenseIndex:
-    """Add the shards to a faiss index one at a time; IVF/PQ quantizers train on a random sample first."""
+    """Add the shards to a faiss index one at a time; IVF/PQ quantizers train on a random sample first. Shards
+    hold the model's raw embeddings; they are prepared for ``meta.similarity`` as they go in."""
     if meta.dim != manifest.dim:
         raise IndexMismatchError(f"shards hold {manifest.dim}-d vectors but the index expects {meta.dim}")
-    index = new_faiss_index(meta.dim, meta.factory, meta.build_params)
+    check_searchable(meta.similarity, meta.model)
+    meta.metric = metric_name(meta.similarity)
+    index = new_faiss_index(meta.dim, meta.factory, meta.build_params, meta.similarity)
     if not index.is_trained:
-        index.train(sample_vectors(folder, count, manifest, train_size, seed))
+        index.train(prepare_vectors(sample_vectors(folder, count, manifest, train_size, seed), meta.similarity))
     doc_ids: list[str] = []
     for ids, vectors in iter_shards(folder, count, manifest):
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        index.add(prepare_vectors(vectors, meta.similarity))
         doc_ids.extend(ids)
     meta.count = len(doc_ids)
     built = DenseIndex(index, doc_ids, meta)

@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,8 @@ class EmbeddingKey:
     corpus_fingerprint: str
     max_length: int | None
     pooling: str
+    prompt: str = ""  # the prompt prepended to every text (the model's query or document prompt)
+    similarity: str = ""  # the similarity the embeddings are scored with (the vectors are stored raw)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
@@ -97,6 +99,9 @@ class CorpusEmbeddingCache:
         return folder
 
 
+QUERIES_PREFIX = "queries:"
+
+
 def queries_fingerprint(queries: Mapping[str, str]) -> str:
     """Content hash of a query set, ids and texts in order; the ``corpus_fingerprint`` of a queries entry.
 
@@ -104,7 +109,7 @@ def queries_fingerprint(queries: Mapping[str, str]) -> str:
     query route of a model with separate heads, documents the document route.
     """
     digest = hashlib.sha256(json.dumps(list(queries.items()), ensure_ascii=False).encode("utf-8"))
-    return f"queries:{digest.hexdigest()}"
+    return f"{QUERIES_PREFIX}{digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -118,19 +123,28 @@ class EncoderFacts:
     dim: int
     normalize: bool
     backend: str
+    similarity: str = "cosine"
+    prompts: dict[str, str] = field(default_factory=dict)  # {"query", "document"} as applied
+    document_fingerprint: str = ""  # the document side's (a routed model's base); "" = model_fingerprint
 
     @classmethod
     def of(cls, model: SentenceTransformer) -> EncoderFacts:
-        from .fingerprint import model_fingerprint
+        from .declared import declared_prompts, declared_similarity
+        from .fingerprint import document_fingerprint, model_fingerprint
         from .onnx_backend import backend_of
         from .pipeline import normalizes, pooling_mode
 
         return cls(model_fingerprint(model), pooling_mode(model), model.max_seq_length,
-                   model.get_embedding_dimension(), normalizes(model), backend_of(model))
+                   model.get_embedding_dimension(), normalizes(model), backend_of(model), declared_similarity(model),
+                   declared_prompts(model), document_fingerprint(model))
 
     def key(self, content_fingerprint: str) -> EmbeddingKey:
-        """The cache key of a corpus (``dataset.corpus_fingerprint()``) or query set (``queries_fingerprint``)."""
-        return EmbeddingKey(self.model_fingerprint, content_fingerprint, self.max_length, self.pooling)
+        """The cache key of a corpus (``dataset.corpus_fingerprint()``) or query set (``queries_fingerprint``):
+        each with its side's prompt."""
+        task = "query" if content_fingerprint.startswith(QUERIES_PREFIX) else "document"
+        model = self.model_fingerprint if task == "query" else (self.document_fingerprint or self.model_fingerprint)
+        return EmbeddingKey(model, content_fingerprint, self.max_length, self.pooling,
+                            self.prompts.get(task, ""), self.similarity)
 
 
 class EncoderMemo:
@@ -191,5 +205,7 @@ def encoder_signature(config: EncoderConfig) -> str | None:
         except PackageNotFoundError:
             versions[package] = None
     described = {"folder": str(folder), "files": files, "pooling": config.pooling, "max_length": config.max_length,
-                 "normalize": config.normalize, "backend": config.backend, "versions": versions}
+                 "normalize": config.normalize, "backend": config.backend, "similarity": config.similarity,
+                 "query_prompt": config.query_prompt, "document_prompt": config.document_prompt,
+                 "versions": versions}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()[:32]

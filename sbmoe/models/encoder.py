@@ -33,6 +33,9 @@ class EncoderConfig:
     batch_size: int = 64
     device: str | None = None
     backend: str = "torch"  # torch | onnx | onnx-int8 (ONNX Runtime on the CPU, see models/onnx_backend.py)
+    similarity: str | None = None  # cosine | dot | euclidean | manhattan (None: the model's similarity_fn_name)
+    query_prompt: str | None = None  # None: the model's declared "query" prompt
+    document_prompt: str | None = None  # None: the model's declared "document" prompt
 
 
 def needs_sbmoe_code(path: str) -> bool:
@@ -55,8 +58,9 @@ def needs_sbmoe_code(path: str) -> bool:
 def load_encoder(config: EncoderConfig) -> SentenceTransformer:
     """Load ``config.model`` (alias, hub id, or local path) and apply explicit overrides.
 
-    A sentence-transformers directory keeps its own pooling and normalization unless the config says
-    otherwise; a plain Hugging Face encoder gets mean pooling and no normalization by default.
+    A sentence-transformers directory keeps its own pooling, normalization, similarity and prompts unless the
+    config says otherwise; a plain Hugging Face encoder gets mean pooling, no normalization and
+    sentence-transformers' default similarity (cosine).
     """
     if config.pooling is not None and config.pooling not in POOLING_MODES:
         raise ModelLoadError(f"unknown pooling {config.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
@@ -64,8 +68,12 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         raise ModelLoadError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
     from sentence_transformers import SentenceTransformer
 
+    from .declared import SIMILARITIES, apply_declarations
     from .onnx_backend import use_onnx
     from .pipeline import replace_pooling, set_normalize
+
+    if config.similarity is not None and config.similarity not in SIMILARITIES:
+        raise ModelLoadError(f"unknown similarity {config.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
 
     target = resolve_model_name(config.model)
     is_local = Path(target).exists()
@@ -94,6 +102,7 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         set_normalize(model, config.normalize)
     if config.max_length is not None:
         model.max_seq_length = config.max_length
+    apply_declarations(model, config.similarity, config.query_prompt, config.document_prompt, config.model)
     model.eval()
     return model
 

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from ..data import BeirDataset
 from ..memory import trim_heap
+from .declared import declared_similarity, task_prompt
 from .embedding_cache import CorpusEmbeddingCache, EmbeddingKey
-from .fingerprint import model_fingerprint
+from .fingerprint import document_fingerprint
 from .pipeline import pooling_mode
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ class TokenizedTexts:
         trim_heap()
         return tokens
 
-    def pad(self, rows: np.ndarray, pad_id: int, left: bool) -> dict:
-        """Padded tensors for ``rows``, as the tokenizer's own padding would make them."""
+    def pad(self, rows: np.ndarray, pad_id: int, left: bool, prompt_length: int | None = None) -> dict:
+        """Padded tensors for ``rows``, as the tokenizer's own padding would make them (with the prompt's token
+        count where a prompt was prepended: a Pooling with ``include_prompt=False`` leaves those tokens out)."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
         blocks = {"input_ids": np.full((len(rows), width), pad_id, dtype=np.int64),
@@ -80,7 +82,17 @@ class TokenizedTexts:
             blocks["attention_mask"][out_row, span] = 1
             if self.type_ids is not None:
                 blocks["token_type_ids"][out_row, span] = self.type_ids[source]
-        return {"modality": "text", **{key: torch.from_numpy(block) for key, block in blocks.items()}}
+        features = {"modality": "text", **{key: torch.from_numpy(block) for key, block in blocks.items()}}
+        if prompt_length is not None:
+            features["prompt_length"] = prompt_length
+        return features
+
+
+def prompt_token_count(tokenizer, prompt: str) -> int:
+    """Tokens a prompt takes at the start of a text, without the trailing special token (as
+    sentence-transformers counts them for prompt-excluding pooling)."""
+    ids = tokenizer([prompt])["input_ids"][0]
+    return len(ids) - 1 if ids and ids[-1] in tokenizer.all_special_ids else len(ids)
 
 
 def token_budget_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
@@ -104,11 +116,13 @@ def encode_texts(
     progress: tqdm | None = None,
     task: str | None = None,
     max_tokens: int = MAX_BATCH_TOKENS,
+    prompt: str | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` (float32, input order), batching length-sorted texts by a token budget.
 
-    ``task`` ("query" or "document") picks the route of a model with a sentence-transformers Router
-    (separate SB-MoE heads for queries and documents); other models ignore it.
+    ``task`` ("query" or "document") picks the prompt the model declares for it (``prompt`` overrides it) and
+    the route of a model with a sentence-transformers Router (separate SB-MoE heads for queries and
+    documents), exactly as ``encode_query`` / ``encode_document`` do.
 
     The texts are tokenized once (truncated to ``max_seq_length``, exactly as ``model.preprocess`` does)
     and each batch is padded here, so embeddings equal ``model.encode``'s; only the batching differs
@@ -120,12 +134,17 @@ def encode_texts(
         return out
     model.eval()
     tokenizer = model.tokenizer
+    prompt = task_prompt(model, task) if prompt is None else prompt
+    if prompt:
+        texts = [prompt + text for text in texts]
+    prompt_length = prompt_token_count(tokenizer, prompt) if prompt else None
     tokens = TokenizedTexts.build(tokenizer, texts, model.max_seq_length)
     pad_id, left = tokenizer.pad_token_id or 0, tokenizer.padding_side == "left"
-    route = {"task": task} if task and any(isinstance(m, Router) for m in model.children()) else {}  # top level
+    takes_task = any(isinstance(m, Router) or "task" in getattr(m, "forward_kwargs", ()) for m in model.children())
+    route = {"task": task} if task and takes_task else {}  # a Router or a routed encoder reads it (top level)
     bar = progress or tqdm(total=len(texts), desc="Encoding", unit="doc", disable=not show_progress)
     for rows in token_budget_batches(tokens.lengths, batch_size, max_tokens):
-        features = tokens.pad(rows, pad_id, left)
+        features = tokens.pad(rows, pad_id, left, prompt_length)
         features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         out[rows] = model(features, **route)["sentence_embedding"].float().cpu().numpy()
         bar.update(len(rows))
@@ -169,5 +188,5 @@ def encode_corpus(
 
 
 def embedding_key(model: SentenceTransformer, dataset: BeirDataset) -> EmbeddingKey:
-    return EmbeddingKey(model_fingerprint(model), dataset.corpus_fingerprint(), model.max_seq_length,
-                        pooling_mode(model))
+    return EmbeddingKey(document_fingerprint(model), dataset.corpus_fingerprint(), model.max_seq_length,
+                        pooling_mode(model), task_prompt(model, "document"), declared_similarity(model))

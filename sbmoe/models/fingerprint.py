@@ -35,3 +35,10 @@ def model_fingerprint(model: SentenceTransformer) -> str:
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def document_fingerprint(model: SentenceTransformer) -> str:
+    """The fingerprint of the model's document side: the whole model's, except for a model whose first module
+    encodes documents with a base encoder it names (a routed model of query-side experts), whose documents, cache
+    entries and indexes are the base model's."""
+    return getattr(model[0], "base_fingerprint", None) or model_fingerprint(model)

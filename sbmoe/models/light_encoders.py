@@ -294,7 +294,9 @@ def build_minilm_l3(dest: Path) -> Path:
             shutil.copy2(tokenizer_dir / name, Path(hf) / name)
         transformer = st_modules.Transformer(hf, max_seq_length=MINILM_L3_MAX_SEQ_LENGTH)
         pooling = st_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-        SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out), create_model_card=False)
+        converted = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+        converted.similarity_fn_name = "cosine"  # what paraphrase-MiniLM-L3-v2 declares (it has no Normalize)
+        converted.save(str(out), create_model_card=False)
         _copy_missing_tokenizer_files(tokenizer_dir, out)
         (out / "README.md").write_text(_MINILM_L3_README, encoding="utf-8")
     return dest

@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router
 from torch import nn
 
+from .declared import copy_declarations
 from .sbmoe_head import SBMoEHead
 
 
@@ -63,8 +64,10 @@ def set_normalize(model: SentenceTransformer, normalize: bool) -> None:
 
 
 def pooling_prefix(model: SentenceTransformer) -> SentenceTransformer:
-    """The model's modules up to and including Pooling: where the SB-MoE head reads its input."""
-    return SentenceTransformer(modules=list(model)[:require_pooling(model) + 1], device=str(model.device))
+    """The model's modules up to and including Pooling: where the SB-MoE head reads its input (same prompts
+    and similarity as ``model``)."""
+    prefix = SentenceTransformer(modules=list(model)[:require_pooling(model) + 1], device=str(model.device))
+    return copy_declarations(model, prefix)
 
 
 def after_pooling(model: SentenceTransformer) -> list[nn.Module]:
@@ -73,11 +76,12 @@ def after_pooling(model: SentenceTransformer) -> list[nn.Module]:
 
 
 def with_head(model: SentenceTransformer, head: nn.Module | None) -> SentenceTransformer:
-    """A new pipeline with ``head`` inserted right after Pooling (before any Normalize)."""
+    """A new pipeline with ``head`` inserted right after Pooling (before any Normalize), declaring the same prompts
+    and similarity as ``model``."""
     modules = list(model)
     if head is not None:
         modules.insert(require_pooling(model) + 1, head)
-    return SentenceTransformer(modules=modules, device=str(model.device))
+    return copy_declarations(model, SentenceTransformer(modules=modules, device=str(model.device)))
 
 
 def sbmoe_heads(model: nn.Module) -> list[SBMoEHead]:

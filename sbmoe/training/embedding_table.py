@@ -18,24 +18,33 @@ from torch import Tensor, nn
 
 
 class EmbeddingTable(InputModule):
+    """Rows keyed by the text as the model would encode it: the side's prompt, then the text."""
+
     config_keys: list[str] = []
     save_in_root: bool = False
     TEXTS_FILE = "texts.json"
 
-    def __init__(self, texts: Sequence[str], embeddings: Tensor) -> None:
+    def __init__(self, texts: Sequence[str], embeddings: Tensor, prompts: Sequence[str] = ()) -> None:
         super().__init__()
+        self.prompts = [p for p in prompts if p]  # tried when a text comes without one (the trainer's model card)
         if len(texts) != embeddings.shape[0]:
             raise ValueError(f"{len(texts)} texts for {embeddings.shape[0]} embeddings")
         self.texts = list(texts)
         self.rows = {text: row for row, text in enumerate(self.texts)}
         self.table = nn.Embedding.from_pretrained(embeddings.float(), freeze=True)
 
+    def row(self, text: str, prompt: str | None) -> int:
+        key = (prompt or "") + text
+        if key not in self.rows and not prompt:
+            key = next((p + text for p in self.prompts if p + text in self.rows), key)
+        return self.rows[key]
+
     def get_embedding_dimension(self) -> int:
         return self.table.embedding_dim
 
     def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
         try:
-            rows = [self.rows[text] for text in inputs]
+            rows = [self.row(text, prompt) for text in inputs]
         except KeyError as exc:
             raise KeyError(f"text not in the embedding table: {str(exc)[:80]}") from None
         # named input_ids so that the trainer, which collects feature columns by that suffix, sees it

@@ -22,6 +22,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
@@ -33,6 +34,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from .. import distributed
 from ..atomic import atomic_dir, corrupt_artifact, is_disk_fault, write_failed
 from ..data import BeirDataset, DataFormatError
+from ..models.declared import declared_prompts
 from ..models.encoder import EncoderConfig, load_encoder
 from ..models.encoding import encode_texts
 from ..models.pipeline import normalizes, pooling_prefix, set_normalize, with_head
@@ -100,11 +102,18 @@ def config_record(config: TrainConfig) -> dict:
 
 def head_only_model(prefix: SentenceTransformer, head: nn.Module, data: TrainingData, config: TrainConfig,
                     normalize: bool) -> SentenceTransformer:
-    """EmbeddingTable(base pooled embeddings of every text used) -> head [-> Normalize]."""
-    texts = sorted(set(data.anchors) | set(data.positives) | set(data.negatives) | set(data.dev_queries.values())
-                   | set(data.dev_corpus.values()))
-    embeddings = torch.from_numpy(encode_texts(prefix, texts, config.batch_size, config.show_progress))
-    modules: list[nn.Module] = [EmbeddingTable(texts, embeddings), head]
+    """EmbeddingTable(base pooled embeddings of every text used, each under its side's prompt) -> head
+    [-> Normalize]. The table is keyed by prompt + text, as the trainer's collator hands texts to it."""
+    prompts = declared_prompts(prefix)
+    queries = sorted(set(data.anchors) | set(data.dev_queries.values()))
+    documents = sorted(set(data.positives) | set(data.negatives) | set(data.dev_corpus.values()))
+    parts = [encode_texts(prefix, texts, config.batch_size, config.show_progress, task=task)
+             for task, texts in (("query", queries), ("document", documents))]
+    texts = [prompts["query"] + t for t in queries] + [prompts["document"] + t for t in documents]
+    unique = {text: row for row, text in enumerate(texts)}  # a text with no prompt on either side is one row
+    rows = sorted(unique.values())
+    embeddings = torch.from_numpy(np.concatenate(parts)[rows])
+    modules: list[nn.Module] = [EmbeddingTable([texts[r] for r in rows], embeddings, list(prompts.values())), head]
     if normalize:
         modules.append(Normalize())
     return SentenceTransformer(modules=modules, device=str(prefix.device))
@@ -167,12 +176,16 @@ def train(config: TrainConfig) -> Path:
     trainee = head_only_model(prefix, head, data, config, normalize) if config.freeze_encoder else with_head(base, head)
 
     temperature = config.resolved_temperature(normalize)
+    prompts = declared_prompts(base)  # each side trains under the prompt it is encoded with at search time
+    column_prompts = {column: prompts[task] for column, task in
+                      (("anchor", "query"), ("positive", "document"), ("negative", "document")) if prompts[task]}
     world = distributed.world_size()
     loss = make_loss(config, trainee, temperature, world)
     evaluator = InformationRetrievalEvaluator(
         data.dev_queries, data.dev_corpus, data.dev_qrels, name="dev", ndcg_at_k=[10], mrr_at_k=[10],
         accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], batch_size=config.batch_size,
         score_functions={"dot": dot_score}, write_csv=False, show_progress_bar=False,
+        query_prompt=prompts["query"] or None, corpus_prompt=prompts["document"] or None,
     ) if data.dev_queries else None
     global_batch = config.batch_size * world
     steps_per_epoch = max(1, len(data) // global_batch)
@@ -197,7 +210,7 @@ def train(config: TrainConfig) -> Path:
         metric_for_best_model=DEV_METRIC,
         greater_is_better=True, logging_steps=max(1, min(eval_steps, 10)), report_to="none",
         disable_tqdm=not config.show_progress,
-        learning_rate_mapping=learning_rates(config), use_cpu=not torch.cuda.is_available(),
+        learning_rate_mapping=learning_rates(config), use_cpu=not torch.cuda.is_available(), prompts=column_prompts,
         router_mapping={"anchor": "query", "positive": "document", "negative": "document"}
         if config.separate_heads or (config.head_side == "query" and config.moe != "none") else {},
     )
@@ -235,6 +248,7 @@ def train(config: TrainConfig) -> Path:
         return output
 
     final = with_head(base, head) if config.freeze_encoder else trainee
+    final.similarity_fn_name = "cosine" if normalize else "dot"  # reloaded, it is scored as it was trained
     final.eval()
     with atomic_dir(output, overwrite=config.overwrite) as tmp:
         final.save(str(tmp))

@@ -52,7 +52,8 @@ def test_json_hits_equal_retriever_search_and_brute_force(tiny_index: Path, tiny
         assert [h["doc_id"] for h in entry["hits"]] == list(expected)
         assert [h["rank"] for h in entry["hits"]] == [1, 2, 3, 4, 5]
         np.testing.assert_allclose([h["score"] for h in entry["hits"]], list(expected.values()), atol=1e-6)
-        scores = matrix @ encode_texts(retriever.model, [text], task="query")[0]  # exact search by hand
+        query = encode_texts(retriever.model, [text], task="query")
+        scores = retriever.model.similarity(query.astype(np.float64), matrix.astype(np.float64)).numpy()[0]  # by hand
         top = [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
         assert [h["doc_id"] for h in entry["hits"]] == top
         for hit in entry["hits"]:

@@ -84,6 +84,7 @@ def test_float16_shards_and_ivf_from_shards(tiny_bert_dir: Path, scifact_slice: 
     assert np.load(tmp_path / "ivf.shards" / "shard-00000.npy").dtype == np.float16
     # nprobe = nlist searches every list: results equal exact search over the same (fp16-rounded) vectors
     vectors = np.concatenate([np.load(p).astype(np.float32) for p in sorted((tmp_path / "ivf.shards").glob("*.npy"))])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # the tiny BERT is a cosine model: stored normalised
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     reloaded = DenseIndex.load(tmp_path / "ivf")

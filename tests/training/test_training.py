@@ -128,6 +128,22 @@ def test_head_only_training_keeps_the_encoder_and_saves_a_full_model(tiny_bert_d
     trained = load_file(str(out / "model.safetensors"))
     for name, tensor in base.items():  # the encoder is bit-for-bit the base model
         assert torch.equal(trained[name], tensor), name
+    assert model.similarity_fn_name == "dot"  # trained on raw dot products, it declares them
+
+
+def test_trained_model_declares_cosine_and_trains_under_its_prompts(tiny_bert_dir: Path, triples_file: Path,
+                                                                     tmp_path: Path) -> None:
+    """Head-only training looks texts up by prompt + text, as the trainer's collator hands them over: it runs only if
+    each side is given its declared prompt. Trained with normalisation, the saved model declares cosine."""
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
+
+    prompted = load_encoder(EncoderConfig(model=str(tiny_bert_dir)))
+    prompted.prompts.update({"query": "query: ", "document": "passage: "})
+    prompted.save(str(tmp_path / "prompted"))
+    out = train(config_for(tmp_path / "prompted", triples_file, tmp_path / "h", freeze_encoder=True, moe="all",
+                           epochs=1, normalize=True))
+    model = SentenceTransformer(str(out), device="cpu", trust_remote_code=True)
+    assert model.similarity_fn_name == "cosine" and model.prompts["query"] == "query: "
 
 
 def test_training_input_errors(tiny_bert_dir: Path, tmp_path: Path) -> None:

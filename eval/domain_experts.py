@@ -1,0 +1,309 @@
+"""Domain experts with retrieval routing (RouterRetriever) against one multi-task expert and the base encoder.
+
+A resumable grid of cells, each at most ~45 minutes on the 2-core CPU, results in eval/results/domain_experts/:
+
+    <base>__docs                     base corpus embeddings of every test set (embedding cache) and the base arm
+    <base>__lr                       the LoRA lr, picked once per base on MedQuAD dev (3,000 training queries)
+    <base>__s<seed>__<expert>        one LoRA expert: scifact, medquad, squad, or multitask (their union)
+    <base>__s<seed>__eval            the routed model and every arm on the seven test sets
+
+Experts, routed models and embeddings live under eval/runs/domain_experts and eval/cache (not committed). A cell
+is skipped when its JSON exists; ``--budget-min`` stops before a cell that the plan says would not finish.
+
+    python eval/domain_experts.py --bases minilm-l3,minilm --seeds 0,1,2 --budget-min 150
+    python eval/domain_experts.py --summarize
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "domain_experts"
+RUNS = HERE / "runs" / "domain_experts"
+os.environ.setdefault("SBMOE_CACHE", str(HERE / "cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DOMAINS = ("scifact", "medquad", "squad")
+ZERO_SHOT = ("arguana", "cranfield", "cacm", "msmarco-dl19-mini")
+EPOCHS = {"scifact": 10, "medquad": 3, "squad": 1, "multitask": 1}  # caps; the best dev epoch is kept
+LRS = (1e-4, 3e-4, 1e-3)
+TEST_QUERIES = 2000  # seeded sample of a test split's queries (SQuAD has 10,570): per-query tables stay small
+MODES = ("pilot", "gate", "supervised", "dataset", "average")
+METRICS = ("nDCG@10", "R@100")
+
+
+def machine() -> dict:
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    packages = {p: version(p) for p in ("torch", "transformers", "sentence-transformers", "peft", "faiss-cpu",
+                                        "numpy", "ir-measures")}
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "flags": sorted(f for f in flags if f.startswith(("avx", "amx"))), "packages": packages}
+
+
+def cell_file(name: str) -> Path:
+    return OUT / "cells" / f"{name}.json"
+
+
+def write_cell(name: str, record: dict) -> None:
+    from sbmoe.atomic import atomic_file
+
+    text = json.dumps(record, indent=1)
+    text = re.sub(r"\[[-\d\s.,eE+]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)  # lists on one line
+    with atomic_file(cell_file(name), "w") as handle:
+        handle.write(text + "\n")
+
+
+def test_queries(name: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """A test split's judged queries, a seeded sample of ``TEST_QUERIES`` where it has more; ids saved once."""
+    import numpy as np
+
+    from sbmoe.atomic import write_json
+    from sbmoe.data import BeirDataset
+
+    queries, qrels = BeirDataset.open(name).load_split("test")
+    qids = sorted(q for q in qrels if q in queries)
+    if len(qids) > TEST_QUERIES:
+        qids = sorted(qids[i] for i in np.random.default_rng(0).permutation(len(qids))[:TEST_QUERIES])
+    path = OUT / "qids" / f"{name}.json"
+    if not path.exists():
+        write_json(path, qids)
+    return {q: queries[q] for q in qids}, {q: qrels[q] for q in qids}
+
+
+class TestSets:
+    """Base document embeddings of every test set (cache) as exact indexes, and scoring of query embeddings."""
+
+    def __init__(self, base, names: tuple[str, ...]) -> None:
+        from sbmoe.data import BeirDataset
+        from sbmoe.index.faiss_index import DenseIndex, index_meta_for
+        from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+        from sbmoe.models.encoding import encode_corpus
+
+        self.sets = {}
+        for name in names:
+            dataset = BeirDataset.open(name)
+            doc_ids, vectors = encode_corpus(base, dataset, 64, cache=CorpusEmbeddingCache(), show_progress=False)
+            queries, qrels = test_queries(name)
+            index = DenseIndex.from_embeddings(vectors, doc_ids, index_meta_for(base, "base"))
+            self.sets[name] = (dataset, queries, qrels, index)
+
+    def score(self, name: str, vectors) -> dict:
+        """Per-query nDCG@10 (list in qid order) and the means of METRICS."""
+        from sbmoe.evaluation.metrics import per_query_table
+
+        dataset, queries, qrels, index = self.sets[name]
+        qids = list(queries)
+        run = index.run(qids, vectors, 100, drop_self_hits=dataset.drop_self_hits)
+        table = per_query_table(qrels, run, list(METRICS))
+        means = {m: round(sum(table[m].get(q, 0.0) for q in qids) / len(qids), 5) for m in METRICS}
+        return {**means, "per_query": [round(table["nDCG@10"].get(q, 0.0), 4) for q in qids]}
+
+
+def load_base(base: str):
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
+
+    return load_encoder(EncoderConfig(model=base, batch_size=64))
+
+
+def docs_cell(base: str) -> dict:
+    """Encode every corpus with the base (into the cache) and score the base model."""
+    from sbmoe.experts.data import base_query_vectors
+    from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+
+    model = load_base(base)
+    started = time.perf_counter()
+    sets = TestSets(model, DOMAINS + ZERO_SHOT)
+    encoded = time.perf_counter() - started
+    results = {name: sets.score(name, base_query_vectors(model, sets.sets[name][1], 64, CorpusEmbeddingCache()))
+               for name in sets.sets}
+    return {"base": base, "similarity": str(model.similarity_fn_name), "encode_minutes": round(encoded / 60, 2),
+            "results": {"base": results}}
+
+
+def lr_cell(base: str) -> dict:
+    """One MedQuAD expert per lr on 3,000 training queries, one epoch: the lr with the best dev nDCG@10."""
+    from sbmoe.experts.config import ExpertConfig
+    from sbmoe.experts.trainer import train_expert
+
+    dev = {}
+    for lr in LRS:
+        folder = RUNS / base / f"lr-{lr:g}"
+        if not folder.exists():
+            train_expert(ExpertConfig(model=base, data=("medquad",), output=folder, lr=lr, epochs=1,
+                                      max_queries=3000, seed=0, show_progress=False))
+        dev[f"{lr:g}"] = json.loads((folder / "expert.json").read_text())["dev_ndcg10"]
+    best = max(dev, key=lambda k: dev[k][-1])
+    return {"base": base, "dev_ndcg10_by_lr": dev, "lr": float(best)}
+
+
+def chosen_lr(base: str) -> float:
+    return float(json.loads(cell_file(f"{base}__lr").read_text())["lr"])
+
+
+def expert_cell(base: str, seed: int, expert: str) -> dict:
+    from sbmoe.experts.config import ExpertConfig
+    from sbmoe.experts.trainer import train_expert
+
+    data = DOMAINS if expert == "multitask" else (expert,)
+    folder = RUNS / base / f"s{seed}" / expert
+    started = time.perf_counter()
+    if not folder.exists():
+        train_expert(ExpertConfig(model=base, data=data, output=folder, lr=chosen_lr(base), epochs=EPOCHS[expert],
+                                  seed=seed, name=expert, show_progress=sys.stderr.isatty()))
+    record = json.loads((folder / "expert.json").read_text())
+    return {"base": base, "seed": seed, "expert": expert, "minutes": round((time.perf_counter() - started) / 60, 2),
+            **{k: record[k] for k in ("pairs", "steps", "train_seconds", "dev_ndcg10", "loss", "best_epoch",
+                                      "temperature", "similarity")}}
+
+
+def expert_vectors(model, folder: Path, name: str, sets: TestSets):
+    from sbmoe.experts.adapters import load_lora
+    from sbmoe.models.encoding import encode_texts
+
+    auto = model[0].auto_model
+    load_lora(auto, name, folder)
+    auto.set_adapter(name)
+    out = {s: encode_texts(model, list(sets.sets[s][1].values()), 64, task="query") for s in sets.sets}
+    auto.delete_adapter(name)
+    return out
+
+
+def eval_cell(base: str, seed: int) -> dict:
+    """Build the routed model over the three domain experts; score every arm on every test set."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from sbmoe.experts.build import build_routed_model
+    from sbmoe.experts.config import RoutedConfig
+    from sbmoe.experts.data import base_query_vectors
+    from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+    from sbmoe.models.encoder import EncoderConfig, load_encoder
+    from sbmoe.models.encoding import encode_texts
+
+    runs = RUNS / base / f"s{seed}"
+    routed_dir = runs / "routed"
+    started = time.perf_counter()
+    if not routed_dir.exists():
+        build_routed_model(RoutedConfig(experts={d: runs / d for d in DOMAINS}, output=routed_dir, seed=seed))
+    built = time.perf_counter() - started
+    model = load_base(base)
+    sets = TestSets(model, DOMAINS + ZERO_SHOT)
+    base_vectors = {s: base_query_vectors(model, sets.sets[s][1], 64, CorpusEmbeddingCache()) for s in sets.sets}
+    results: dict[str, dict] = {"base": {s: sets.score(s, v) for s, v in base_vectors.items()}}
+    for expert in (*DOMAINS, "multitask"):
+        vectors = expert_vectors(model, runs / expert, expert, sets)
+        results[f"expert:{expert}"] = {s: sets.score(s, v) for s, v in vectors.items()}
+    for domain in DOMAINS:  # oracle: each in-domain set with its own expert
+        results.setdefault("oracle", {})[domain] = results[f"expert:{domain}"][domain]
+    for s in sets.sets:  # the ceiling of any router over the domain experts
+        per_expert = np.array([results[f"expert:{d}"][s]["per_query"] for d in DOMAINS])
+        best = per_expert.max(axis=0)
+        results.setdefault("best-per-query", {})[s] = {"nDCG@10": round(float(best.mean()), 5),
+                                                        "per_query": [round(float(v), 4) for v in best]}
+    routed = load_encoder(EncoderConfig(model=str(routed_dir), batch_size=64))
+    module = routed[0]
+    usage: dict[str, dict] = {}
+    for mode in MODES:
+        module.mode = mode
+        results[f"routed:{mode}"] = {}
+        for s in sets.sets:
+            weights = module.tables.weights(F.normalize(torch_of(base_vectors[s]), dim=-1), mode, len(DOMAINS))
+            usage.setdefault(mode, {})[s] = [round(float(v), 4) for v in weights.mean(dim=0)]
+            if mode == "dataset":  # one decision for the whole test set: that expert's own embeddings
+                results[f"routed:{mode}"][s] = results[f"expert:{DOMAINS[int(weights[0].argmax())]}"][s]
+                continue
+            vectors = encode_texts(routed, list(sets.sets[s][1].values()), 64, task="query")
+            results[f"routed:{mode}"][s] = sets.score(s, vectors)
+    accuracy = {mode: {d: usage[mode][d][i] for i, d in enumerate(DOMAINS)} for mode in usage}
+    return {"base": base, "seed": seed, "build_minutes": round(built / 60, 2),
+            "minutes": round((time.perf_counter() - started) / 60, 2), "routing_accuracy": accuracy,
+            "expert_usage": usage, "routing": json.loads((routed_dir / "0_RoutedTransformer" / "routing.json")
+                                                         .read_text()), "results": results}
+
+
+def torch_of(array):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def cells(bases: list[str], seeds: list[int]) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for base in bases:
+        out.append((f"{base}__docs", lambda b=base: docs_cell(b)))
+        out.append((f"{base}__lr", lambda b=base: lr_cell(b)))
+        for seed in seeds:
+            for expert in (*DOMAINS, "multitask"):
+                out.append((f"{base}__s{seed}__{expert}", lambda b=base, s=seed, e=expert: expert_cell(b, s, e)))
+            out.append((f"{base}__s{seed}__eval", lambda b=base, s=seed: eval_cell(b, s)))
+    return out
+
+
+def planned_minutes(name: str) -> float | None:
+    plan = OUT / "plan.json"
+    if not plan.exists():
+        return None
+    return json.loads(plan.read_text()).get("cells", {}).get(name)
+
+
+def run(bases: list[str], seeds: list[int], budget_min: float, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    deadline = time.time() + budget_min * 60
+    for name, make in cells(bases, seeds):
+        if cell_file(name).exists():
+            continue
+        planned = planned_minutes(name)
+        if planned is not None and time.time() + planned * 60 > deadline:
+            left = (deadline - time.time()) / 60
+            print(f"stop: {name} is planned at {planned:.0f} min and the budget has {left:.0f}")
+            return
+        if time.time() > deadline:
+            print("stop: budget spent")
+            return
+        started = time.perf_counter()
+        print(f"cell {name} ...", flush=True)
+        record = make()
+        record["cell_minutes"] = round((time.perf_counter() - started) / 60, 2)
+        record["machine"] = machine()
+        write_cell(name, record)
+        print(f"cell {name}: {record['cell_minutes']} min", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bases", default="minilm-l3,minilm")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budget-min", type=float, default=170.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--summarize", action="store_true")
+    args = parser.parse_args()
+    if args.summarize:
+        from domain_experts_summary import summarize
+
+        summarize(OUT)
+        return
+    run(args.bases.split(","), [int(s) for s in args.seeds.split(",")], args.budget_min, args.threads)
+
+
+if __name__ == "__main__":
+    main()
