@@ -46,6 +46,7 @@ from .models.encoder import EncoderConfig, set_threads
 from .models.export import EXPORT_FORMATS, ExportConfig, export_model
 from .moe.quant.config import QUANT_METHODS, QuantConfig
 from .runs import DEFAULT_DEPTH
+from .serving.config import TOKEN_ENV, BatchConfig, Limits, ServeConfig, index_specs
 from .training.config import TrainConfig
 
 app = typer.Typer(help="Dense retrieval with a single-block MoE head: train, index, search, evaluate.",
@@ -386,6 +387,58 @@ def routing_command(
                                           output_dir=output_dir, batch_size=batch_size, use_cache=not no_cache,
                                           show_progress=progress()))
     typer.echo(report.table())
+
+
+SRV, LIM, BAT = ServeConfig(), Limits(), BatchConfig()
+
+
+@app.command("serve")
+@user_errors
+def serve_command(
+    index_dirs: list[str] = typer.Option(..., "--index", "-i", help="[NAME=]DIR: an index folder from `sbmoe "
+                                         "index`; repeat for several (NAME defaults to the folder's name)."),
+    bm25_dirs: list[str] | None = typer.Option(None, "--bm25", help="[NAME=]DIR: a Lucene index of the same corpus "
+                                               "(`sbmoe bm25 index`) for modes bm25 and hybrid of index NAME."),
+    host: str = typer.Option(SRV.host, "--host", help="Address to listen on; any but loopback needs a token."),
+    port: int = typer.Option(SRV.port, "--port", help="0: a free port (the start-up line names it)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help=f"File holding the bearer token (default: "
+                                           f"${TOKEN_ENV}); with a token every endpoint but /healthz needs it."),
+    mcp: bool = typer.Option(False, "--mcp", help="Serve MCP over stdin/stdout instead of HTTP (the HTTP server "
+                             "serves MCP at /mcp)."),
+    max_body_bytes: int = typer.Option(LIM.max_body_bytes, "--max-body-bytes", help="Largest request body (and "
+                                       "URL plus headers)."),
+    max_query_tokens: int = typer.Option(LIM.max_query_tokens, "--max-query-tokens", help="Longest query, in the "
+                                         "index tokenizer's tokens."),
+    max_queries: int = typer.Option(LIM.max_queries, "--max-queries", help="Queries in one search request."),
+    max_k: int = typer.Option(LIM.max_k, "--max-k", help="Most hits per query."),
+    request_timeout: float = typer.Option(LIM.request_timeout_s, "--request-timeout", help="Seconds a search may "
+                                          "take (then 503)."),
+    body_timeout: float = typer.Option(LIM.body_timeout_s, "--body-timeout", help="Seconds to wait for the next "
+                                       "part of a request body (then 408)."),
+    max_queue: int = typer.Option(LIM.max_queue, "--max-queue", help="Requests waiting for the encoder (more: "
+                                  "503 with Retry-After)."),
+    max_eval_queries: int = typer.Option(LIM.max_eval_queries, "--max-eval-queries", help="Queries the MCP "
+                                         "evaluate tool runs or scores in one call."),
+    max_batch: int = typer.Option(BAT.max_batch, "--max-batch", help="Queries per encoder pass."),
+    max_wait_ms: float = typer.Option(BAT.max_wait_ms, "--max-wait-ms", help="Longest wait for more queries to "
+                                      "join a batch."),
+    access_log: bool = typer.Option(SRV.access_log, "--access-log/--no-access-log", help="One line per request "
+                                    "on stderr."),
+    threads: int | None = THREADS,
+) -> None:
+    """Serve index folders over HTTP (Anserini's REST API, batched search, /metrics, /docs, MCP at /mcp) or
+    MCP over stdio. Loopback only unless a bearer token is set; SIGHUP (or POST /admin/reload) reloads the
+    folders without downtime; SIGTERM drains and exits 0."""
+    set_threads(threads)
+    limits = Limits(max_body_bytes=max_body_bytes, max_query_tokens=max_query_tokens, max_queries=max_queries,
+                    max_k=max_k, request_timeout_s=request_timeout, body_timeout_s=body_timeout, max_queue=max_queue,
+                    max_eval_queries=max_eval_queries)
+    config = ServeConfig(indexes=index_specs(index_dirs, bm25_dirs), host=host, port=port, token_file=token_file,
+                         mcp_stdio=mcp, limits=limits,
+                         batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms), access_log=access_log)
+    from .serving.server import serve
+
+    serve(config)
 
 
 bm25_app = typer.Typer(help="Lucene BM25 through pyserini (k1 0.9, b 0.4), the BEIR reference baseline.",
