@@ -26,6 +26,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "domain_experts"
 RUNS = HERE / "runs" / "domain_experts"
@@ -37,6 +39,7 @@ DOMAINS = ("scifact", "medquad", "squad")
 ZERO_SHOT = ("arguana", "cranfield", "cacm", "msmarco-dl19-mini")
 EPOCHS = {"scifact": 10, "medquad": 3, "squad": 1, "multitask": 1}  # caps; the best dev epoch is kept
 LRS = (1e-4, 3e-4, 1e-3)
+SLICE_MINUTES = 40.0  # an expert trains at most this long per run (a cell of <= 45 min); the next run resumes
 TEST_QUERIES = 2000  # seeded sample of a test split's queries (SQuAD has 10,570): per-query tables stay small
 MODES = ("pilot", "gate", "supervised", "dataset", "average")
 METRICS = ("nDCG@10", "R@100")
@@ -157,16 +160,22 @@ def chosen_lr(base: str) -> float:
     return float(json.loads(cell_file(f"{base}__lr").read_text())["lr"])
 
 
-def expert_cell(base: str, seed: int, expert: str) -> dict:
+def expert_cell(base: str, seed: int, expert: str) -> dict | None:
+    """One expert; None when it stopped at a checkpoint after ``SLICE_MINUTES`` (the next run resumes it)."""
     from sbmoe.experts.config import ExpertConfig
-    from sbmoe.experts.trainer import train_expert
+    from sbmoe.experts.trainer import ExpertIncomplete, train_expert
 
     data = DOMAINS if expert == "multitask" else (expert,)
     folder = RUNS / base / f"s{seed}" / expert
     started = time.perf_counter()
     if not folder.exists():
-        train_expert(ExpertConfig(model=base, data=data, output=folder, lr=chosen_lr(base), epochs=EPOCHS[expert],
-                                  seed=seed, name=expert, show_progress=sys.stderr.isatty()))
+        try:
+            train_expert(ExpertConfig(model=base, data=data, output=folder, lr=chosen_lr(base),
+                                      epochs=EPOCHS[expert], seed=seed, name=expert, max_minutes=SLICE_MINUTES,
+                                      show_progress=sys.stderr.isatty()))
+        except ExpertIncomplete as stopped:
+            print(f"{stopped}", flush=True)
+            return None
     record = json.loads((folder / "expert.json").read_text())
     return {"base": base, "seed": seed, "expert": expert, "minutes": round((time.perf_counter() - started) / 60, 2),
             **{k: record[k] for k in ("pairs", "steps", "train_seconds", "dev_ndcg10", "loss", "best_epoch",
@@ -185,7 +194,7 @@ def expert_vectors(model, folder: Path, name: str, sets: TestSets):
     return out
 
 
-def eval_cell(base: str, seed: int) -> dict:
+def eval_cell(base: str, seed: int) -> dict | None:
     """Build the routed model over the three domain experts; score every arm on every test set."""
     import numpy as np
     import torch.nn.functional as F
@@ -198,6 +207,10 @@ def eval_cell(base: str, seed: int) -> dict:
     from sbmoe.models.encoding import encode_texts
 
     runs = RUNS / base / f"s{seed}"
+    missing = [e for e in (*DOMAINS, "multitask") if not (runs / e / "expert.json").is_file()]
+    if missing:
+        print(f"{base} s{seed}: eval waits for experts {', '.join(missing)}", flush=True)
+        return None
     routed_dir = runs / "routed"
     started = time.perf_counter()
     if not routed_dir.exists():
@@ -245,16 +258,83 @@ def torch_of(array):
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
+def docs_set_cell(base: str, name: str) -> dict:
+    """One test set's base corpus embeddings (into the cache): the encoding split into cells of <= 45 min."""
+    from sbmoe.experts.data import base_query_vectors
+    from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+
+    model = load_base(base)
+    started = time.perf_counter()
+    sets = TestSets(model, (name,))
+    encoded = time.perf_counter() - started
+    score = sets.score(name, base_query_vectors(model, sets.sets[name][1], 64, CorpusEmbeddingCache()))
+    return {"base": base, "similarity": str(model.similarity_fn_name), "encode_minutes": round(encoded / 60, 2),
+            "results": {"base": {name: score}}}
+
+
 def cells(bases: list[str], seeds: list[int]) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for base in bases:
-        out.append((f"{base}__docs", lambda b=base: docs_cell(b)))
+        if not cell_file(f"{base}__docs").exists():  # minilm-l3 ran as one cell; the others split per test set
+            out += [(f"{base}__docs-{name}", lambda b=base, n=name: docs_set_cell(b, n))
+                    for name in DOMAINS + ZERO_SHOT]
         out.append((f"{base}__lr", lambda b=base: lr_cell(b)))
         for seed in seeds:
             for expert in (*DOMAINS, "multitask"):
                 out.append((f"{base}__s{seed}__{expert}", lambda b=base, s=seed, e=expert: expert_cell(b, s, e)))
             out.append((f"{base}__s{seed}__eval", lambda b=base, s=seed: eval_cell(b, s)))
     return out
+
+
+PAIRS = {"scifact": 760, "medquad": 12650, "squad": 87400}  # training pairs left after the 200 dev queries
+LAYERS = {"minilm-l3": 3, "minilm": 6}
+
+
+def write_plan(bases: list[str], seeds: list[int]) -> dict:
+    """Minutes per cell: measured where the cell ran, else estimated from the measured seconds per training step
+    and per query pass of minilm-l3 (scaled by layer count for the other base), with 30% for dev evaluations,
+    mining and loading; written to plan.json and plan.md."""
+    done = {p.stem: json.loads(p.read_text()) for p in (OUT / "cells").glob("*.json")}
+    lr = done.get("minilm-l3__lr")
+    if lr is None:
+        raise SystemExit("the plan needs minilm-l3__lr (three timed MedQuAD experts) first")
+    records = [json.loads((RUNS / "minilm-l3" / f"lr-{k}" / "expert.json").read_text()) for k in lr["dev_ndcg10_by_lr"]]
+    step = float(np.mean([r["train_seconds"] / r["steps"] for r in records]))  # minilm-l3, batch 64
+    docs_l3 = done["minilm-l3__docs"]["cell_minutes"]
+    plan: dict[str, float] = {}
+    for base in bases:
+        scale = LAYERS.get(base, 6) / 3
+        if not (OUT / "cells" / f"{base}__docs.json").exists():
+            for name in DOMAINS + ZERO_SHOT:
+                plan[f"{base}__docs-{name}"] = round(docs_l3 * scale / len(DOMAINS + ZERO_SHOT) * 1.5, 1)
+        plan[f"{base}__lr"] = round(lr["cell_minutes"] * scale, 1)
+        for seed in seeds:
+            for expert in (*DOMAINS, "multitask"):
+                pairs = sum(PAIRS.values()) if expert == "multitask" else PAIRS[expert]
+                steps = pairs // 64 * EPOCHS[expert]
+                plan[f"{base}__s{seed}__{expert}"] = round(steps * step * scale / 60 * 1.3 + 1, 1)
+            plan[f"{base}__s{seed}__eval"] = round(12 * scale, 1)
+    for name, cell in done.items():
+        plan[name] = cell.get("cell_minutes", plan.get(name))
+    total = sum(v for v in plan.values() if v)
+    write_json_file(OUT / "plan.json", {"cells": plan, "step_seconds_minilm_l3": round(step, 3),
+                                        "total_minutes": round(total, 1)})
+    lines = ["# Domain experts: cost plan", "",
+             f"Measured on this 2-core CPU (flags {', '.join(machine()['flags'])}): minilm-l3 trains a LoRA expert at "
+             f"{step:.2f} s per step of 64 queries (MedQuAD, the lr cell), while other work shared the machine; "
+             "minilm (6 layers) is estimated at twice that. A cell's minutes are measured once it has run "
+             "(marked ✓), else estimated: steps x seconds per step x 1.3 (dev evaluations, mining, loading).", "",
+             "| cell | minutes | |", "|---|---|---|"]
+    lines += [f"| {name} | {minutes} | {'✓' if name in done else ''} |" for name, minutes in plan.items()]
+    lines += ["", f"Total: {total / 60:.1f} h ({sum(1 for n in plan if n in done)} of {len(plan)} cells done)."]
+    (OUT / "plan.md").write_text("\n".join(lines) + "\n")
+    return plan
+
+
+def write_json_file(path: Path, value: dict) -> None:
+    from sbmoe.atomic import write_json
+
+    write_json(path, value)
 
 
 def planned_minutes(name: str) -> float | None:
@@ -283,6 +363,8 @@ def run(bases: list[str], seeds: list[int], budget_min: float, threads: int) -> 
         started = time.perf_counter()
         print(f"cell {name} ...", flush=True)
         record = make()
+        if record is None:  # a time slice of a longer expert, or an eval waiting for one: not a finished cell
+            continue
         record["cell_minutes"] = round((time.perf_counter() - started) / 60, 2)
         record["machine"] = machine()
         write_cell(name, record)
@@ -296,11 +378,15 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=170.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summarize", action="store_true")
+    parser.add_argument("--plan", action="store_true", help="Write plan.json and plan.md from the measured cells.")
     args = parser.parse_args()
     if args.summarize:
         from domain_experts_summary import summarize
 
         summarize(OUT)
+        return
+    if args.plan:
+        write_plan(args.bases.split(","), [int(s) for s in args.seeds.split(",")])
         return
     run(args.bases.split(","), [int(s) for s in args.seeds.split(",")], args.budget_min, args.threads)
 

@@ -35,6 +35,8 @@ class ExpertConfig:
     max_queries: int = 0  # train on a seeded sample of at most this many queries per dataset (0: all)
     dev_queries: int = 200  # held-out training queries per dataset for dev nDCG@10 (keep-best per epoch)
     max_query_length: int = 64  # tokens; queries are short, and the documents are never encoded here
+    save_steps: int = 200  # a resumable checkpoint every this many steps inside an epoch (and at each epoch's end)
+    max_minutes: float = 0.0  # stop at the first checkpoint after this much training (0: no limit); rerun resumes
     seed: int = 0
     name: str | None = None  # the expert's name in a routed model (default: the datasets, joined by "+")
     show_progress: bool = True

@@ -5,8 +5,9 @@ The documents never pass through the encoder here, so sentence-transformers' tra
 column) has nothing to do; this is a plain loop. Loss: softmax cross-entropy of each query over the batch's
 positives (in-batch negatives) and mined hard negatives, under the similarity the base model declares (cosine
 scores / 0.05 for cosine models, raw dot products for dot); a batch's duplicate positives (SQuAD questions share
-paragraphs) are masked rather than counted as negatives. Each epoch ends with dev nDCG@10 and a checkpoint in
-``<output>-checkpoints/epoch-N``; a rerun resumes after the last complete epoch, and the best epoch is kept.
+paragraphs) are masked rather than counted as negatives. Each epoch ends with dev nDCG@10; the adapter of each epoch is kept in
+``<output>-checkpoints/epoch-N`` and the best one is saved. ``resume/`` (adapter, optimizer, position) is written
+every ``save_steps`` steps and at each epoch's end; a rerun continues from it, batch for batch.
 """
 
 from __future__ import annotations
@@ -83,9 +84,19 @@ def dev_ndcg(encode, data: ExpertData, similarity: str) -> float:
     return float(np.mean(scores)) if scores else math.nan
 
 
-def last_epoch(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("epoch-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+class ExpertIncomplete(RuntimeError):
+    """Training stopped at a checkpoint because ``max_minutes`` ran out; rerunning the same call resumes."""
+
+
+def save_checkpoint(step: ExpertStep, optimizer, scheduler, state: dict, folder: Path) -> None:
+    """Adapter, optimizer and state into ``folder``, written beside it and renamed (state.json marks it whole)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    step.save(partial)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial / "optimizer.pt")
+    write_json(partial / STATE_FILE, state)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
 
 
 class ExpertStep:
@@ -164,9 +175,9 @@ def train_expert(config: ExpertConfig, base: SentenceTransformer | None = None) 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(total, 1)))
     checkpoints = config.checkpoint_dir
     checkpoints.mkdir(parents=True, exist_ok=True)
-    resume = last_epoch(checkpoints)
-    if resume is None:
-        state = {"epoch": 0, "step": 0, "dev": [step_dev(step, data, similarity)], "seconds": 0.0}
+    resume = checkpoints / "resume"
+    if not (resume / STATE_FILE).is_file():
+        state = {"epoch": 0, "step": 0, "batch": 0, "dev": [step_dev(step, data, similarity)], "seconds": 0.0}
         step.save(checkpoints / "epoch-0")  # the untrained expert (the base model): kept if no epoch beats it
     else:
         logger.warning("resuming expert %s after %s", config.expert_name, resume)
@@ -175,17 +186,21 @@ def train_expert(config: ExpertConfig, base: SentenceTransformer | None = None) 
         saved = torch.load(resume / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+    budget_start = time.perf_counter()
     while state["epoch"] < config.epochs and (not config.max_steps or state["step"] < config.max_steps):
         epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        torch.manual_seed(config.seed * 1000 + epoch)  # LoRA dropout: the same on a resumed epoch
         order = np.random.default_rng([config.seed, epoch]).permutation(len(data))
         batches = [order[i:i + config.batch_size] for i in range(0, steps_per_epoch * config.batch_size,
                                                                    config.batch_size)]
-        losses = []
-        for rows in tqdm(batches, desc=f"{config.expert_name} epoch {epoch}", disable=not config.show_progress):
+        losses = state.pop("epoch_losses", [])
+        bar = tqdm(total=len(batches), initial=state["batch"], desc=f"{config.expert_name} epoch {epoch}",
+                   disable=not config.show_progress)
+        started = time.perf_counter()
+        for number in range(state["batch"], len(batches)):
             if config.max_steps and state["step"] >= config.max_steps:
                 break
+            torch.manual_seed(config.seed * 1_000_003 + state["step"])  # LoRA dropout: the same after a resume
+            rows = batches[number]
             vectors = step.train_vectors([data.queries[r] for r in rows])
             loss = batch_loss(vectors, documents, data.positives[rows], data.negatives[rows], temperature)
             optimizer.zero_grad()
@@ -194,15 +209,26 @@ def train_expert(config: ExpertConfig, base: SentenceTransformer | None = None) 
             scheduler.step()
             losses.append(float(loss.detach()))
             state["step"] += 1
-        state["epoch"] = epoch
+            state["batch"] = number + 1
+            bar.update(1)
+            if state["batch"] % config.save_steps == 0 and state["batch"] < len(batches):
+                state["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                save_checkpoint(step, optimizer, scheduler, {**state, "epoch_losses": losses}, resume)
+                if config.max_minutes and time.perf_counter() - budget_start > config.max_minutes * 60:
+                    raise ExpertIncomplete(f"{config.expert_name}: stopped at step {state['step']} after "
+                                           f"{config.max_minutes:g} min; rerun to resume")
+        bar.close()
+        state["epoch"], state["batch"] = epoch, 0
         state["seconds"] += time.perf_counter() - started
         state["dev"].append(step_dev(step, data, similarity))
         state.setdefault("loss", []).append(float(np.mean(losses)) if losses else math.nan)
-        folder = checkpoints / f"epoch-{epoch}"
-        shutil.rmtree(folder, ignore_errors=True)
-        step.save(folder)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / "optimizer.pt")
-        write_json(folder / STATE_FILE, state)
+        step.save(checkpoints / f"epoch-{epoch}")
+        save_checkpoint(step, optimizer, scheduler, state, resume)
+        if config.max_minutes and time.perf_counter() - budget_start > config.max_minutes * 60 \
+                and state["epoch"] < config.epochs:
+            raise ExpertIncomplete(f"{config.expert_name}: stopped after epoch {epoch} ({config.max_minutes:g} min); "
+                                   "rerun to resume")
     best = int(np.argmax(state["dev"]))  # 0: the untrained expert (the base model) was best on dev
     record = {"kind": config.kind, "name": config.expert_name, "base_model": config.model,
               "base_fingerprint": base_fingerprint, "similarity": similarity, "prompts": declared_prompts(base),
@@ -213,8 +239,7 @@ def train_expert(config: ExpertConfig, base: SentenceTransformer | None = None) 
               "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     with atomic_dir(output, overwrite=config.overwrite) as tmp:
         for path in (checkpoints / f"epoch-{best}").iterdir():
-            if path.name not in ("optimizer.pt", STATE_FILE):
-                shutil.copy2(path, tmp / path.name)
+            shutil.copy2(path, tmp / path.name)
         (tmp / EXPERT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(checkpoints, ignore_errors=True)
     return output

@@ -229,3 +229,23 @@ def test_bad_inputs_are_one_line(routed: Path, experts: dict, domains: dict, tmp
             target.write_bytes(path.read_bytes())
     assert "missing its pilots" in fails_with_one_line("eval", "--model", damaged, "--datasets", domains["bio"],
                                                        "--output-dir", tmp_path / "out")
+
+
+def test_an_expert_stopped_mid_epoch_resumes_to_the_same_weights(domains: dict, tiny_bert_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sbmoe.experts.trainer import ExpertIncomplete
+
+    def config(out: Path, **extra) -> ExpertConfig:
+        return ExpertConfig(model=str(tiny_bert_dir), data=(str(domains["aero"]),), output=out, lr=5e-3, epochs=2,
+                            batch_size=8, dev_queries=10, save_steps=2, show_progress=False, **extra)
+
+    whole = train_expert(config(tmp_path / "whole"))
+    with pytest.raises(ExpertIncomplete, match="rerun to resume"):
+        train_expert(config(tmp_path / "cut", max_minutes=1e-9))
+    assert (tmp_path / "cut-checkpoints" / "resume" / "state.json").is_file() and not (tmp_path / "cut").exists()
+    cut = train_expert(config(tmp_path / "cut"))
+    first, second = (load_file(str(p / "adapter_model.safetensors")) for p in (whole, cut))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
