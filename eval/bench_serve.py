@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +63,9 @@ def cpu_description() -> dict[str, object]:
 
 
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    from sbmoe.evaluation.provenance import package_versions as installed
+
+    return {"python": platform.python_version(), **installed(PACKAGES)}
 
 
 def rss_mb(pid: int) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -58,19 +57,9 @@ def scifact_dir() -> Path:
 @pytest.fixture(scope="session")
 def scifact_slice(tmp_path_factory: pytest.TempPathFactory, scifact_dir: Path) -> Path:
     """The first 50 SciFact documents with the test queries judged against them."""
-    out = tmp_path_factory.mktemp("data") / "scifact50"
-    (out / "qrels").mkdir(parents=True)
-    docs = (scifact_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:50]
-    (out / "corpus.jsonl").write_text("\n".join(docs) + "\n", encoding="utf-8")
-    doc_ids = {json.loads(line)["_id"] for line in docs}
-    lines = (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines[1:] if line.split("\t")[1] in doc_ids]
-    (out / "qrels" / "test.tsv").write_text("\n".join([lines[0], *kept]) + "\n", encoding="utf-8")
-    qids = {line.split("\t")[0] for line in kept}
-    queries = [q for q in (scifact_dir / "queries.jsonl").read_text(encoding="utf-8").splitlines()
-               if json.loads(q)["_id"] in qids]
-    (out / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
-    return out
+    from beir_slices import write_slice
+
+    return write_slice(scifact_dir, tmp_path_factory.mktemp("data") / "scifact50", 50)
 
 
 @pytest.fixture(scope="session")

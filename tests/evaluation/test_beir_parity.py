@@ -5,7 +5,6 @@ paraphrase-MiniLM-L3-v2 (cosine, no Normalize: raw inner products rank different
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import pytest
@@ -22,19 +21,9 @@ TOLERANCE = 0.0005  # nDCG@10
 @pytest.fixture(scope="module")
 def scifact100(tmp_path_factory: pytest.TempPathFactory, scifact_dir: Path) -> Path:
     """The first 100 SciFact documents and the test queries judged against them."""
-    out = tmp_path_factory.mktemp("data") / "scifact100"
-    (out / "qrels").mkdir(parents=True)
-    docs = (scifact_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:100]
-    (out / "corpus.jsonl").write_text("\n".join(docs) + "\n", encoding="utf-8")
-    doc_ids = {json.loads(line)["_id"] for line in docs}
-    lines = (scifact_dir / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines[1:] if line.split("\t")[1] in doc_ids]
-    (out / "qrels" / "test.tsv").write_text("\n".join([lines[0], *kept]) + "\n", encoding="utf-8")
-    qids = {line.split("\t")[0] for line in kept}
-    queries = [q for q in (scifact_dir / "queries.jsonl").read_text(encoding="utf-8").splitlines()
-               if json.loads(q)["_id"] in qids]
-    (out / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
-    return out
+    from beir_slices import write_slice
+
+    return write_slice(scifact_dir, tmp_path_factory.mktemp("data") / "scifact100", 100)
 
 
 @functools.cache
