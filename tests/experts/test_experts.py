@@ -238,7 +238,7 @@ def test_an_expert_stopped_mid_epoch_resumes_to_the_same_weights(domains: dict, 
     from sbmoe.experts.trainer import ExpertIncomplete
 
     def config(out: Path, **extra) -> ExpertConfig:
-        return ExpertConfig(model=str(tiny_bert_dir), data=(str(domains["aero"]),), output=out, lr=5e-3, epochs=2,
+        return ExpertConfig(model=str(tiny_bert_dir), data=(str(domains["aero"]),), output=out, lr=5e-3, epochs=1,
                             batch_size=8, dev_queries=10, save_steps=2, show_progress=False, **extra)
 
     whole = train_expert(config(tmp_path / "whole"))

@@ -111,11 +111,10 @@ def test_index_paths_store_the_prompted_documents(prompted_dir: Path, scifact_sl
     _, documents = texts_of(scifact_slice)
     expected = reference.encode_document(documents, normalize_embeddings=True)  # cosine: stored normalised
     config = EncoderConfig(model=str(prompted_dir), batch_size=16)
-    for name, devices in (("one", ()), ("pool", ("cpu", "cpu"))):
-        build_index(IndexConfig(str(scifact_slice), tmp_path / name, config, devices=devices, use_cache=False,
-                                show_progress=False))
+    for name, devices in (("one", ()), ("pool", ("cpu", "cpu"))):  # "one" fills the embedding cache
+        build_index(IndexConfig(str(scifact_slice), tmp_path / name, config, devices=devices,
+                                use_cache=name == "one", show_progress=False))
         np.testing.assert_allclose(stored_vectors(tmp_path / name), expected, atol=TOLERANCE, err_msg=name)
-    build_index(IndexConfig(str(scifact_slice), tmp_path / "cold", config, show_progress=False))
     build_index(IndexConfig(str(scifact_slice), tmp_path / "warm", config, show_progress=False))  # from the cache
     np.testing.assert_allclose(stored_vectors(tmp_path / "warm"), expected, atol=TOLERANCE)
     meta = json.loads((tmp_path / "warm" / "meta.json").read_text())
