@@ -22,7 +22,8 @@ Arms (3 seeds each; a head is evaluated with top-1 and with dense inference from
   single   E = 1: the same adapter shape without routing (is a gain routing or parameters?)
   random   a uniformly random expert in training and inference (control)
   query    the best gate on the query side only: documents keep the base embeddings (an index is reused)
-and one ``base`` cell per encoder (the encoder untouched, as it ships: its own normalisation).
+and one ``base`` cell per encoder (the encoder untouched, as it ships: its own normalisation, scored by the
+similarity it declares: cosine for minilm-l3, which has no Normalize layer, normalises its embeddings).
 
 Scale curve: ``--sets squad@1000,squad@4000,squad@16000`` trains on nested seeded subsets of the SQuAD
 training queries (the same dev hold-out), evaluated on the SQuAD test split.
@@ -241,11 +242,27 @@ def final_embeddings(model):
     return lambda pooled: torch.from_numpy(apply_after_pooling(model, pooled.numpy()))
 
 
+def declared_embeddings(model):
+    """``final_embeddings`` scored as ``model`` declares (``similarity_fn_name``): L2-normalised for cosine, so
+    that the inner-product search ranks by cosine; raw for dot."""
+    from sbmoe.index.similarity import prepare_vectors
+    from sbmoe.models.declared import declared_similarity
+
+    similarity, final = declared_similarity(model), final_embeddings(model)
+    if similarity not in ("cosine", "dot"):
+        raise SystemExit(f"{similarity} similarity: this inner-product search serves cosine and dot only")
+    return lambda pooled: torch.from_numpy(prepare_vectors(final(pooled).numpy(), similarity))
+
+
 def run_base(encoder: str, embeddings: Embeddings) -> dict:
-    """The untouched encoder: its own post-pooling modules (e.g. Normalize) on the pooled embeddings."""
+    """The untouched encoder: its own post-pooling modules (e.g. Normalize) on the pooled embeddings, scored by
+    the similarity it declares."""
+    from sbmoe.models.declared import declared_similarity
+
     datasets = list(dict.fromkeys(["scifact", "medquad", "squad", *ZERO_SHOT]))
-    encode = final_embeddings(embeddings.model)
-    return {"modes": {"-": evaluate(embeddings, datasets, encode, encode)}}
+    encode = declared_embeddings(embeddings.model)
+    return {"similarity": declared_similarity(embeddings.model),
+            "modes": {"-": evaluate(embeddings, datasets, encode, encode)}}
 
 
 def run_arm(encoder: str, train_set: str, arm: str, seed: int, embeddings: Embeddings, epochs: int) -> dict:

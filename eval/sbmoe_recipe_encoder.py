@@ -11,7 +11,8 @@ temperature 1 over unnormalised dot products, length 512, the last epoch kept), 
 in bfloat16 (``--precision bf16``, float32 weights, head and loss; ``--precision fp32`` to change it); the
 arms differ only in what the recipe leaves open:
 
-  base     no training: the untouched encoder, evaluated like the others at the same length (stage ``search``)
+  base     no training: the untouched encoder, evaluated like the others at the same length and scored by
+           the similarity it declares (cosine for minilm-l3) (stage ``search``; ``--lrs ''``: it alone)
   ft@LR    no head: plain fine-tuning, every weight at LR (stage ``search``: LR in 1e-6, 1e-5, 3e-5, 1e-4,
            seed 0; the LR with the best last-epoch dev nDCG@10 is the set's best lr, run with seeds 1
            and 2 in stage ``main``; ft@1e-06 is fine-tuning at the paper's encoder lr)
@@ -52,10 +53,10 @@ from sbmoe_recipe import (
     BEST_GATE,
     OUT,
     Embeddings,
+    declared_embeddings,
     eval_sets,
     evaluate,
     evaluate_head,
-    final_embeddings,
     split_name,
     split_queries,
     versions,
@@ -139,6 +140,7 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     """Train one arm under the recipe (or, for ``base``, nothing) and evaluate it like tier H."""
     from sentence_transformers import SentenceTransformer
 
+    from sbmoe.models.declared import declared_similarity
     from sbmoe.models.encoder import EncoderConfig, load_encoder
     from sbmoe.models.pipeline import sbmoe_heads
     from sbmoe.training.config import TrainConfig
@@ -174,7 +176,8 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
     if heads:
         record.update(evaluate_head(heads[0].cpu(), embeddings, train_set, HEAD_ARMS[arm]["modes"]))
     else:
-        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), *[final_embeddings(model)] * 2)}
+        record["similarity"] = declared_similarity(model)  # base: the encoder's own; ft: dot, as trained
+        record["modes"] = {"-": evaluate(embeddings, eval_sets(train_set), *[declared_embeddings(model)] * 2)}
     shutil.rmtree(output, ignore_errors=True)
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
     return record
@@ -206,8 +209,9 @@ def main() -> None:
     parser.add_argument("--sets", default="medquad,squad@16000,scifact", type=lambda s: s.split(","))
     parser.add_argument("--arms", default=",".join(HEAD_ARMS), type=lambda s: s.split(","))
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--lrs", default=",".join(map(str, FT_LRS)), type=lambda s: [float(x) for x in s.split(",")],
-                        help="stage search: the fine-tuning lrs to run (default: all four)")
+    parser.add_argument("--lrs", default=",".join(map(str, FT_LRS)),
+                        type=lambda s: [float(x) for x in s.split(",") if x],
+                        help="stage search: the fine-tuning lrs to run (default: all four; '': the base cell only)")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (cells/ inside)")
     parser.add_argument("--epochs", type=float, default=None, help="default: the recipe's 30")
     parser.add_argument("--max-length", type=int, default=None, help="default: the recipe's 512")

@@ -11,7 +11,7 @@ eval/results/sbmoe_zero_shot/cells/ at once and skipped on the next run, so the 
 and a budget only decides how many cells one call runs.
 
 Arms (a trained head is evaluated with top-1 and with dense inference from one encoder pass):
-  base              the encoder untouched
+  base              the encoder untouched, scored by the similarity it declares (cosine for all three)
   finetune          fine-tuned, no head
   paper             SB-MoE as published: x + normalize(w_i E_i(x)), noisy top-1; its router gets no gradient
   scaled            x + w_i normalize(E_i(x)), noisy top-1 (trainable gate)
@@ -59,6 +59,17 @@ POOLED = "five datasets"  # the significance test pools every query of the five 
 ENCODER_NOTES = {"minilm-l3": "paraphrase-MiniLM-L3-v2 (3 layers, real checkpoint)",
                  "minilm-l2": "all-MiniLM-L6-v2 truncated to its first 2 layers (a truncation, not a trained model)",
                  "minilm": "all-MiniLM-L6-v2 (6 layers, strong retrieval encoder)"}
+# the similarity each encoder's rows are trained and scored with (sbmoe train: the model's own normalisation)
+SIMILARITY_NOTES = {
+    "minilm-l3": "Similarity: base is scored by cosine, as paraphrase-MiniLM-L3-v2 declares (it has no Normalize "
+                 "layer; scored with raw inner products it gives 0.4646 / 0.2871 / 0.2766 / 0.0954 / 0.7204, average "
+                 "0.3688). Every trained arm was "
+                 "trained with unnormalised dot products at temperature 1 and scored with them: base against any "
+                 "other row compares a cosine base with a dot-product model.",
+    "minilm-l2": "Similarity: cosine for every row (the truncation keeps all-MiniLM-L6-v2's Normalize layer; "
+                 "trained at temperature 0.05).",
+    "minilm": "Similarity: cosine for every row (Normalize layer; trained at temperature 0.05).",
+}
 # arm -> TrainConfig settings (None: no training). Order = the order cells run in, cheapest signal first.
 ARMS: dict[str, dict | None] = {
     "base": None,
@@ -312,6 +323,7 @@ def markdown(result: dict) -> str:
              "change of the router's weights from initialisation.", "", f"Machine: {result['machine']}.", ""]
     for encoder in dict.fromkeys(e["encoder"] for e in result["systems"]):
         lines += [f"## {encoder}: {result['encoders'].get(encoder, encoder)}", "",
+                  *([SIMILARITY_NOTES[encoder], ""] if encoder in SIMILARITY_NOTES else []),
                   "| system | seeds | " + " | ".join(result["datasets"]) + " | average | Δ avg | p | H/lnE | shift |",
                   "|---|---|" + "---|" * (len(result["datasets"]) + 5)]
         for e in (x for x in result["systems"] if x["encoder"] == encoder):

@@ -5,8 +5,8 @@ The documents never pass through the encoder here, so sentence-transformers' tra
 column) has nothing to do; this is a plain loop. Loss: softmax cross-entropy of each query over the batch's
 positives (in-batch negatives) and mined hard negatives, under the similarity the base model declares (cosine
 scores / 0.05 for cosine models, raw dot products for dot); a batch's duplicate positives (SQuAD questions share
-paragraphs) are masked rather than counted as negatives. Each epoch ends with dev nDCG@10; the adapter of each epoch is kept in
-``<output>-checkpoints/epoch-N`` and the best one is saved. ``resume/`` (adapter, optimizer, position) is written
+paragraphs) are masked rather than counted as negatives. Each epoch ends with dev nDCG@10; the adapter of each
+epoch is kept in ``<output>-checkpoints/epoch-N`` and the best one is saved. ``resume/`` (adapter, optimizer, position) is written
 every ``save_steps`` steps and at each epoch's end; a rerun continues from it, batch for batch.
 """
 
