@@ -6,8 +6,8 @@ column) has nothing to do; this is a plain loop. Loss: softmax cross-entropy of 
 positives (in-batch negatives) and mined hard negatives, under the similarity the base model declares (cosine
 scores / 0.05 for cosine models, raw dot products for dot); a batch's duplicate positives (SQuAD questions share
 paragraphs) are masked rather than counted as negatives. Each epoch ends with dev nDCG@10; the adapter of each
-epoch is kept in ``<output>-checkpoints/epoch-N`` and the best one is saved. ``resume/`` (adapter, optimizer, position) is written
-every ``save_steps`` steps and at each epoch's end; a rerun continues from it, batch for batch.
+epoch is kept in ``<output>-checkpoints/epoch-N`` and the best one is saved. ``resume/`` (adapter, optimizer,
+position) is written every ``save_steps`` steps and at each epoch's end; a rerun continues from it, batch for batch.
 """
 
 from __future__ import annotations
