@@ -80,6 +80,21 @@ class SearchRequest(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] = "dense"
 
 
+class PyseriniSearch(BaseModel):
+    """pyserini's REST search body (its ``SearchParams``): one query, answered in Anserini's shape. The options
+    that pick another encoder or query generator cannot apply to an index built with one model: null only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="the query text")
+    hits: int = Field(10, description="how many hits")
+    qid: str = Field("", description="echoed back in the response")
+    ef_search: int | None = Field(None, description="accepted and ignored: the index keeps its own efSearch")
+    encoder: None = Field(None, description="must be null: the index's own model encodes")
+    query_generator: None = None
+    instruction_config: None = None
+
+
 class Hit(BaseModel):
     rank: int
     docid: str
@@ -125,12 +140,8 @@ def build_router(controller: SearchController) -> APIRouter:
         """One index's facts: model, fingerprint, index type, size, backend."""
         return controller.get(name).facts()
 
-    @router.get(f"{API}/indexes/{{name}}/search", response_model=AnseriniHits, tags=["search"])
-    async def anserini_search(name: str = index_name, query: str = Query(..., description="the query text"),
-                              hits: int = Query(10, description="how many hits"),
-                              qid: str = Query("", description="echoed back in the response"),
-                              mode: Literal["dense", "bm25", "hybrid"] = Query("dense")) -> dict[str, Any]:
-        """One query, answered in Anserini's shape; each candidate carries the whole document."""
+    async def anserini_hits(name: str, query: str, hits: int, qid: str, mode: str) -> dict[str, Any]:
+        """One query in Anserini's shape; each candidate carries the whole document."""
         served, _, _, run = await controller.run(name, [(qid or None, query)], hits, mode)
         ranked = run.get(qid or "0", {})
         candidates = [{"docid": h["docid"], "score": h["score"],
@@ -138,9 +149,20 @@ def build_router(controller: SearchController) -> APIRouter:
                       for h in controller.hit_list(served, ranked, full_text=True)]
         return {"query": {"text": query, "qid": qid}, "candidates": candidates}
 
-    @router.post(f"{API}/indexes/{{name}}/search", response_model=SearchResponse, tags=["search"])
-    async def batch_search(body: SearchRequest, name: str = index_name) -> dict[str, Any]:
-        """Several queries at once, with k and a mode (dense, bm25, hybrid); hits carry title and snippet."""
+    @router.get(f"{API}/indexes/{{name}}/search", response_model=AnseriniHits, tags=["search"])
+    async def anserini_search(name: str = index_name, query: str = Query(..., description="the query text"),
+                              hits: int = Query(10, description="how many hits"),
+                              qid: str = Query("", description="echoed back in the response"),
+                              mode: Literal["dense", "bm25", "hybrid"] = Query("dense")) -> dict[str, Any]:
+        """One query, answered in Anserini's shape; each candidate carries the whole document."""
+        return await anserini_hits(name, query, hits, qid, mode)
+
+    @router.post(f"{API}/indexes/{{name}}/search", response_model=SearchResponse | AnseriniHits, tags=["search"])
+    async def batch_search(body: SearchRequest | PyseriniSearch, name: str = index_name) -> dict[str, Any]:
+        """Several queries at once (``{"queries": [...], "k", "mode"}``), hits with title and snippet; or pyserini's
+        body (``{"query", "hits", "qid"}``), answered in Anserini's shape as the GET search is."""
+        if isinstance(body, PyseriniSearch):
+            return await anserini_hits(name, body.query, body.hits, body.qid, "dense")
         queries = [(None, q) if isinstance(q, str) else (q.qid, q.text) for q in body.queries]
         return await controller.search(name, queries, body.k, body.mode)
 

@@ -39,7 +39,8 @@ def corpus_records(dataset_dir: Path) -> dict[str, dict]:
 
 def test_anserini_shape_and_documents(server: RunningServer, serve_data: Path) -> None:
     """GET search answers {"query": {"text", "qid"}, "candidates": [{"docid", "score", "doc"}]} as Anserini's
-    ControllerV1_0 does; the index list is a mapping from name to facts; documents and status answer too."""
+    ControllerV1_0 does, and so does POST with pyserini's body; the index list is a mapping from name to facts;
+    documents and status answer too."""
     corpus = corpus_records(serve_data / "scifact50")
     with httpx.Client(base_url=server.url, headers=server.auth) as client:
         listing = client.get("/api/v1.0/indexes").json()
@@ -62,6 +63,13 @@ def test_anserini_shape_and_documents(server: RunningServer, serve_data: Path) -
             assert candidate["doc"] == {"title": record["title"], "text": record["text"]}
         assert_same_ranking([{"docid": c["docid"], "score": c["score"]} for c in body["candidates"]],
                             reference_run(server.folders["sci"], [QUERIES[0]], 5)["0"])
+
+        # pyserini's REST client POSTs its SearchParams body; the answer is the GET's, field for field
+        posted = client.post("/api/v1.0/indexes/sci/search", json={"query": QUERIES[0], "hits": 5, "qid": "q7",
+                                                                   "ef_search": None, "encoder": None})
+        assert posted.status_code == 200 and posted.json() == body
+        other = client.post("/api/v1.0/indexes/sci/search", json={"query": QUERIES[0], "encoder": "bge-base-en"})
+        assert other.status_code == 400 and len(other.text.splitlines()) == 1  # the server's one-line error
 
         doc_id = body["candidates"][0]["docid"]
         document = client.get(f"/api/v1.0/indexes/sci/documents/{doc_id}").json()
