@@ -77,7 +77,6 @@ def write_cell(name: str, record: dict) -> None:
 
 def test_queries(name: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """A test split's judged queries, a seeded sample of ``TEST_QUERIES`` where it has more; ids saved once."""
-    import numpy as np
 
     from sbmoe.atomic import write_json
     from sbmoe.data import BeirDataset
@@ -124,7 +123,7 @@ class TestSets:
 def load_base(base: str):
     from sbmoe.models.encoder import EncoderConfig, load_encoder
 
-    return load_encoder(EncoderConfig(model=base, batch_size=64))
+    return load_encoder(EncoderConfig(model=base, batch_size=64, backend="torch"))
 
 
 def docs_cell(base: str) -> dict:
@@ -199,7 +198,6 @@ def expert_vectors(model, folder: Path, name: str, sets: TestSets):
 
 def eval_cell(base: str, seed: int) -> dict | None:
     """Build the routed model over the three domain experts; score every arm on every test set."""
-    import numpy as np
     import torch.nn.functional as F
 
     from sbmoe.experts.build import build_routed_model
@@ -233,7 +231,7 @@ def eval_cell(base: str, seed: int) -> dict | None:
         best = per_expert.max(axis=0)
         results.setdefault("best-per-query", {})[s] = {"nDCG@10": round(float(best.mean()), 5),
                                                         "per_query": [round(float(v), 4) for v in best]}
-    routed = load_encoder(EncoderConfig(model=str(routed_dir), batch_size=64))
+    routed = load_encoder(EncoderConfig(model=str(routed_dir), batch_size=64, backend="torch"))
     module = routed[0]
     usage: dict[str, dict] = {}
     for mode in MODES:
@@ -255,7 +253,6 @@ def eval_cell(base: str, seed: int) -> dict | None:
 
 
 def torch_of(array):
-    import numpy as np
     import torch
 
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
@@ -289,8 +286,51 @@ def cells(bases: list[str], seeds: list[int]) -> list[tuple[str, object]]:
     return out
 
 
-PAIRS = {"scifact": 760, "medquad": 12650, "squad": 20000}  # training pairs after dev queries and MAX_QUERIES
-LAYERS = {"minilm-l3": 3, "minilm": 6}
+PAIRS = {"scifact": 730, "medquad": 12650, "squad": 20000}  # training pairs after dev queries and MAX_QUERIES
+TIMING_STEPS = 16  # steps per timed expert (the first is warm-up and not counted)
+TIMING_QUERIES = 64 * TIMING_STEPS + 64  # training queries the timed expert samples (mining scales with them)
+
+
+def time_experts(bases: list[str], domains: tuple[str, ...] = DOMAINS) -> dict:
+    """One short expert per base and domain, alone on the machine: seconds per training step (batch 64, after a
+    warm-up step) and the setup seconds per training query (loading, base query encoding, mining, dev
+    evaluations); written to step_times.json, which the plan reads."""
+    import shutil
+    import tempfile
+
+    from sbmoe.experts.config import ExpertConfig
+    from sbmoe.experts.trainer import train_expert
+
+    times: dict[str, dict] = {}
+    for base in bases:
+        model = load_base(base)
+        for domain in domains:
+            TestSets(model, (domain,))  # the base corpus embeddings into the cache first: not part of the timing
+            work = Path(tempfile.mkdtemp(prefix="expert-timing-"))
+            try:
+                runs = []
+                for steps in (1, TIMING_STEPS):
+                    started = time.perf_counter()
+                    folder = train_expert(ExpertConfig(model=base, data=(domain,), output=work / f"steps-{steps}",
+                                                       max_steps=steps, max_queries=TIMING_QUERIES, dev_queries=50,
+                                                       show_progress=False))  # a fresh base, as a cell loads it
+                    record = json.loads((folder / "expert.json").read_text())
+                    runs.append((time.perf_counter() - started, record["train_seconds"], record["steps"]))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            (_, train_one, _), (wall, train_all, steps_all) = runs
+            step = (train_all - train_one) / (steps_all - 1)  # the first step (warm-up) left out
+            setup = max(wall - train_all, 0.0) / record["pairs"]  # loading, encoding, mining, dev evaluations
+            times.setdefault(base, {})[domain] = {"step_seconds": round(step, 3),
+                                                 "setup_seconds_per_query": round(setup, 5)}
+            print(f"{base} {domain}: {step:.2f} s/step, setup {setup * 1000:.1f} ms/query", flush=True)
+    record = {"steps": TIMING_STEPS, "batch_size": 64, "times": times, "machine": machine(),
+              "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+    previous = json.loads((OUT / "step_times.json").read_text()) if (OUT / "step_times.json").exists() else {}
+    for base, measured in times.items():
+        previous.setdefault("times", {}).setdefault(base, {}).update(measured)
+    write_json_file(OUT / "step_times.json", {**previous, **{k: v for k, v in record.items() if k != "times"}})
+    return record
 
 
 def write_plan(bases: list[str], seeds: list[int]) -> dict:
@@ -298,36 +338,64 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
     and per query pass of minilm-l3 (scaled by layer count for the other base), with 30% for dev evaluations,
     mining and loading; written to plan.json and plan.md."""
     done = {p.stem: json.loads(p.read_text()) for p in (OUT / "cells").glob("*.json")}
-    lr = done.get("minilm-l3__lr")
-    if lr is None:
-        raise SystemExit("the plan needs minilm-l3__lr (three timed MedQuAD experts) first")
-    records = [json.loads((RUNS / "minilm-l3" / f"lr-{k}" / "expert.json").read_text()) for k in lr["dev_ndcg10_by_lr"]]
-    step = float(np.mean([r["train_seconds"] / r["steps"] for r in records]))  # minilm-l3, batch 64
+    timing_file = OUT / "step_times.json"
+    if not timing_file.exists():
+        raise SystemExit("the plan needs step_times.json: run --time alone on the machine first")
+    timing = json.loads(timing_file.read_text())
+    reference = timing["times"].get("minilm-l3", {})
+    if sorted(reference) != sorted(DOMAINS):
+        raise SystemExit("step_times.json needs minilm-l3 on every domain: run --time --bases minilm-l3")
+    for base in bases:  # a base timed on some domains only: the others scaled from minilm-l3 by the shared ones
+        own = timing["times"].get(base, {})
+        if not own:
+            raise SystemExit(f"step_times.json has no times for {base}: run --time --bases {base} --domains scifact")
+        ratio = float(np.mean([own[d]["step_seconds"] / reference[d]["step_seconds"] for d in own]))
+        for domain in DOMAINS:
+            own.setdefault(domain, {k: round(v * ratio, 5) for k, v in reference[domain].items()} | {"scaled": True})
+        timing["times"][base] = own
     docs_l3 = done["minilm-l3__docs"]["cell_minutes"]
     plan: dict[str, float] = {}
     for base in bases:
-        scale = LAYERS.get(base, 6) / 3
+        times = timing["times"][base]
+        scale = times["medquad"]["step_seconds"] / reference["medquad"]["step_seconds"]
+
+        def minutes(domains: tuple[str, ...], epochs: int, t: dict = times) -> float:
+            """Training steps at each domain's measured step time, plus setup per training query, plus a dev
+            evaluation and a checkpoint per epoch (one minute)."""
+            pairs = {d: PAIRS[d] for d in domains}
+            steps = sum(pairs.values()) // 64 * epochs
+            step = sum(t[d]["step_seconds"] * n for d, n in pairs.items()) / sum(pairs.values())
+            setup = sum(t[d]["setup_seconds_per_query"] * n for d, n in pairs.items())
+            return round((steps * step + setup) / 60 + epochs, 1)
+
         if not (OUT / "cells" / f"{base}__docs.json").exists():
             for name in DOMAINS + ZERO_SHOT:
-                plan[f"{base}__docs-{name}"] = round(docs_l3 * scale / len(DOMAINS + ZERO_SHOT) * 1.5, 1)
-        plan[f"{base}__lr"] = round(lr["cell_minutes"] * scale, 1)
+                plan[f"{base}__docs-{name}"] = round(docs_l3 * scale / len(DOMAINS + ZERO_SHOT), 1)
+        plan[f"{base}__lr"] = round(sum(minutes(("medquad",), 1) * 3000 / PAIRS["medquad"] for _ in LRS), 1)
         for seed in seeds:
             for expert in (*DOMAINS, "multitask"):
-                pairs = sum(PAIRS.values()) if expert == "multitask" else PAIRS[expert]
-                steps = pairs // 64 * EPOCHS[expert]
-                plan[f"{base}__s{seed}__{expert}"] = round(steps * step * scale / 60 * 1.3 + 1, 1)
+                domains = DOMAINS if expert == "multitask" else (expert,)
+                plan[f"{base}__s{seed}__{expert}"] = minutes(domains, EPOCHS[expert])
             plan[f"{base}__s{seed}__eval"] = round(12 * scale, 1)
     for name, cell in done.items():
         plan[name] = cell.get("cell_minutes", plan.get(name))
     total = sum(v for v in plan.values() if v)
-    write_json_file(OUT / "plan.json", {"cells": plan, "step_seconds_minilm_l3": round(step, 3),
+    write_json_file(OUT / "plan.json", {"cells": plan, "step_times": timing["times"],
                                         "total_minutes": round(total, 1)})
     lines = ["# Domain experts: cost plan", "",
-             f"Measured on this 2-core CPU (flags {', '.join(machine()['flags'])}): minilm-l3 trains a LoRA expert at "
-             f"{step:.2f} s per step of 64 queries (MedQuAD, the lr cell), while other work shared the machine; "
-             "minilm (6 layers) is estimated at twice that. A cell's minutes are measured once it has run "
-             "(marked ✓), else estimated: steps x seconds per step x 1.3 (dev evaluations, mining, loading).", "",
-             "| cell | minutes | |", "|---|---|---|"]
+             f"Seconds per training step of 64 queries and setup (base encoding, mining) per training query, "
+             f"timed alone on a 2-core CPU (flags {', '.join(timing['machine']['flags'])}) by "
+             "`python eval/domain_experts.py --time` (scaled: a domain not timed for that base, from minilm-l3's "
+             "time by the ratio on the domains timed for both):", "",
+             "| base | " + " | ".join(DOMAINS) + " |", "|---|" + "---|" * len(DOMAINS)]
+    for name, times in timing["times"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{times[d]['step_seconds']:.2f} s + "
+                                                 f"{times[d]['setup_seconds_per_query'] * 1e3:.1f} ms/q"
+                                                 + (" (scaled)" if times[d].get("scaled") else "")
+                                                 for d in DOMAINS) + " |")
+    lines += ["", "A cell's minutes are measured once it has run (marked ✓), else estimated: steps x seconds per step "
+              "+ setup per training query + one minute per epoch (dev evaluation, checkpoint).", "",
+              "| cell | minutes | |", "|---|---|---|"]
     lines += [f"| {name} | {minutes} | {'✓' if name in done else ''} |" for name, minutes in plan.items()]
     lines += ["", f"Total: {total / 60:.1f} h ({sum(1 for n in plan if n in done)} of {len(plan)} cells done)."]
     (OUT / "plan.md").write_text("\n".join(lines) + "\n")
@@ -384,11 +452,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summarize", action="store_true")
     parser.add_argument("--plan", action="store_true", help="Write plan.json and plan.md from the measured cells.")
+    parser.add_argument("--time", action="store_true", help="Time one short expert per base and domain (alone on "
+                        "the machine) into step_times.json.")
+    parser.add_argument("--domains", default=",".join(DOMAINS), help="With --time: the domains to time.")
     args = parser.parse_args()
     if args.summarize:
         from domain_experts_summary import summarize
 
         summarize(OUT)
+        return
+    if args.time:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        time_experts(args.bases.split(","), tuple(args.domains.split(",")))
         return
     if args.plan:
         write_plan(args.bases.split(","), [int(s) for s in args.seeds.split(",")])
