@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = [d.as_text() for _, d in zip(range(args.docs), BeirDataset.open("scifact").iter_corpus(), strict=False)]
-    base = load_encoder(EncoderConfig(model="minilm"))
+    base = load_encoder(EncoderConfig(model="minilm", backend="torch"))
     torch.manual_seed(0)
     head = SBMoEHead(base.get_embedding_dimension(), 6, mode="all").eval()
     model = with_head(base, head).eval()

@@ -113,7 +113,7 @@ def scifact_rows() -> list[dict]:
     from sbmoe.models.encoder import EncoderConfig, load_encoder
     from sbmoe.models.encoding import encode_corpus, encode_texts
 
-    model = load_encoder(EncoderConfig(model="minilm"))
+    model = load_encoder(EncoderConfig(model="minilm", backend="torch"))
     dataset = BeirDataset.open("scifact")
     _, docs = encode_corpus(model, dataset, cache=CorpusEmbeddingCache(), show_progress=False)
     docs = np.ascontiguousarray(docs, dtype=np.float32)

@@ -64,7 +64,7 @@ def trainee(encoder: str, max_length: int):
     from sbmoe.training.trainer import make_heads
 
     torch.manual_seed(0)
-    base = load_encoder(EncoderConfig(model=encoder, max_length=max_length))
+    base = load_encoder(EncoderConfig(model=encoder, max_length=max_length, backend="torch"))
     set_normalize(base, False)
     config = TrainConfig.from_recipe("paper", model=encoder)
     model = with_head(base, make_heads(config, base.get_embedding_dimension()))

@@ -195,7 +195,7 @@ def retrieval_part(args: argparse.Namespace, cells: Cells, budget: TimeBudget) -
         budget.finish()
 
     def ndcg(folder: Path) -> float:
-        system = dense_system(EncoderConfig(model=str(folder)), use_cache=False, show_progress=False)
+        system = dense_system(EncoderConfig(model=str(folder), backend="torch"), use_cache=False, show_progress=False)
         return evaluate_systems({"m": system}, ["scifact"], ["nDCG@10"]).value("m", "scifact", "nDCG@10")
 
     arms = [("float", None, None)] + [(f"{m}-{b}", m, int(b)) for b in args.retrieval_bits.split(",")

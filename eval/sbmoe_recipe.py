@@ -106,7 +106,7 @@ class Embeddings:
         if self._model is None:
             from sbmoe.models.encoder import EncoderConfig, load_encoder
 
-            self._model = load_encoder(EncoderConfig(model=self.encoder, batch_size=self.batch_size))
+            self._model = load_encoder(EncoderConfig(model=self.encoder, batch_size=self.batch_size, backend="torch"))
         return self._model
 
     def get(self, dataset: str, what: str) -> tuple[list[str], np.ndarray]:

@@ -157,7 +157,7 @@ def run_cell(encoder: str, train_set: str, arm: str, seed: int, args: argparse.N
         **{k: v for k, v in options.items() if v is not None})
     record: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     if arm == "base":  # the untouched encoder at tier E's length: what the trained arms start from
-        model = load_encoder(EncoderConfig(model=encoder, max_length=config.max_length, device=device))
+        model = load_encoder(EncoderConfig(model=encoder, max_length=config.max_length, device=device, backend="torch"))
         record["options"] = {"max_length": config.max_length}
     else:
         started = time.perf_counter()

@@ -136,7 +136,7 @@ def main() -> None:
                                      show_progress=False, **settings)
                 train(config)
                 model_ref, train_info = str(out), {"train_seconds": round(time.perf_counter() - t0, 1)}
-            encoder_config = EncoderConfig(model=model_ref, max_length=256)
+            encoder_config = EncoderConfig(model=model_ref, max_length=256, backend="torch")
             model = load_encoder(encoder_config)
             # pooled corpus embeddings are cached: the base encoder's serve base and head-only, and one
             # encoder pass of a fine-tuned SB-MoE model serves both of its inference modes

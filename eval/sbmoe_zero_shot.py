@@ -110,7 +110,7 @@ def cache_at(root: Path):
 
 def evaluate_model(model, name: str, modes: list[str | None], batch_size: int) -> dict:
     """Per dataset and inference mode: mean nDCG@10, R@100, per-query nDCG@10; and routing statistics."""
-    config = EncoderConfig(model=name, batch_size=batch_size)
+    config = EncoderConfig(model=name, batch_size=batch_size, backend="torch")
     heads = sbmoe_heads(model)
     system = dense_system(config, show_progress=False, model=model, cache_pooled=bool(heads))
     depth = retrieval_depth([METRIC, "R@100"])
@@ -156,7 +156,7 @@ def run_cell(encoder: str, arm: str, seed: int | None, args: argparse.Namespace,
                     "settings": {k: getattr(args, k) for k in ("epochs", "batch_size", "train_max_length",
                                                                 "dev_fraction")}}
     if settings is None:
-        model = load_encoder(EncoderConfig(model=encoder, batch_size=args.batch_size))
+        model = load_encoder(EncoderConfig(model=encoder, batch_size=args.batch_size, backend="torch"))
         record.update(evaluate_model(model, encoder, [None], args.batch_size))
         record["minutes"] = round((time.perf_counter() - started) / 60, 2)
         return record
@@ -169,7 +169,7 @@ def run_cell(encoder: str, arm: str, seed: int | None, args: argparse.Namespace,
     summary = json.loads((work / "model" / "sbmoe_train.json").read_text(encoding="utf-8"))
     record["best_dev_ndcg10"] = summary["best_dev_ndcg10"]
     record["aux_loss_weight"] = config.resolved_aux_loss_weight()
-    model = load_encoder(EncoderConfig(model=str(work / "model"), batch_size=args.batch_size))
+    model = load_encoder(EncoderConfig(model=str(work / "model"), batch_size=args.batch_size, backend="torch"))
     record["router_shift"] = router_shift(config, model, model.get_embedding_dimension())
     if settings.get("moe") in ("none", "random"):
         modes = [None if settings["moe"] == "none" else "random"]

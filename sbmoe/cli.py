@@ -38,7 +38,7 @@ from .index.faiss_index import INDEX_TYPES, IndexMismatchError, IndexType
 from .index.shards import SHARD_DTYPES, ShardError
 from .lm.config import PSR_FRACTION, LMConfig, LMTrainConfig
 from .lm.data import CORPORA
-from .memory import return_freed_tensors
+from .memory import reuse_heap
 from .models.aliases import ALIASES, ModelLoadError
 from .models.choices import BACKENDS, GATES, MOE_CHOICES
 from .models.declared import SIMILARITIES
@@ -78,7 +78,7 @@ def user_errors(func: F) -> F:
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return_freed_tensors()  # a command encodes thousands of batches of changing shapes: keep the heap bounded
+    reuse_heap()  # a command encodes thousands of batches: reuse their activation memory (memory.py)
     if not verbose:
         hide_library_progress_bars()
 
@@ -123,7 +123,8 @@ DEVICE = typer.Option(None, help="cpu, cuda, cuda:1, ...")
 THREADS = typer.Option(None, "--threads", help="torch CPU threads.")
 SPLIT = typer.Option(None, help="With a dataset name: the qrels split whose queries to run.")
 BACKEND = typer.Option(ENC.backend, "--backend", help=f"{' | '.join(BACKENDS)}: torch, or ONNX Runtime on the CPU "
-                       "(the model folder's onnx/ graph, else one exported into the cache).")
+                       "(the model folder's onnx/ graph, else one exported once into the cache by a child process); "
+                       "auto: ONNX Runtime fp32 on the CPU where it is installed, else torch.")
 SIMILARITY = typer.Option(None, "--similarity", help=f"{' | '.join(SIMILARITIES)}: score with this instead of the "
                           "model's declared similarity_fn_name (sentence-transformers' default: cosine).")
 QUERY_PROMPT = typer.Option(None, "--query-prompt", help="Prepend this to every query instead of the model's "
@@ -696,6 +697,9 @@ def lm_train(
                                           "trained baseline with --pregate and fine-tune)."),
     device: str = typer.Option(LMT.device, help="Where the model trains: cpu, or cuda on a GPU."),
     corpus: str = typer.Option(LMT.corpus, help=f"Training text: {' | '.join(CORPORA)}."),
+    final_eval_tokens: int = typer.Option(LMT.final_eval_tokens, "--final-eval-tokens",
+                                          help="Final perplexities over this many tokens of each split (0: all; "
+                                          "`lm eval` reuses it)."),
     threads: int | None = THREADS,
 ) -> None:
     """Train (or resume: rerun the same command) a tiny MoE LM; prints the final perplexities."""
@@ -710,7 +714,7 @@ def lm_train(
                                                      eval_every=eval_every, seed=seed, output=output,
                                                      show_progress=progress(), stop_on_convergence=until_converged,
                                                      min_steps=min_steps, init_from=init_from, device=device,
-                                                     corpus=corpus)))
+                                                     corpus=corpus, final_eval_tokens=final_eval_tokens)))
 
 
 @lm_app.command("eval")

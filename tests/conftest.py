@@ -10,6 +10,9 @@ import pytest
 # Tests never reach a model hub; an alias that is not installed must fail at once, not after retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# What the default backend ``auto`` stands for: each test has its own cache, where ONNX Runtime (auto's choice on
+# the CPU) would export a graph per test; tests of ``auto`` itself remove the variable.
+os.environ.setdefault("SBMOE_BACKEND", "torch")
 
 
 @pytest.fixture(autouse=True)

@@ -165,7 +165,7 @@ def routed_dataset_routing(model: SentenceTransformer, dataset: BeirDataset, spl
 def routing_report(config: RoutingConfig, model: SentenceTransformer | None = None) -> RoutingReport:
     """``sbmoe routing``: routing statistics per dataset; with ``output_dir``, routing.json and routing.png."""
     model = model if model is not None else load_encoder(EncoderConfig(model=config.model,
-                                                                       batch_size=config.batch_size))
+                                                                       batch_size=config.batch_size, backend="torch"))
     cache = CorpusEmbeddingCache() if config.use_cache else None
     report = RoutingReport(config.model, [dataset_routing(model, BeirDataset.open(name), config.split,
                                                           config.batch_size, cache, config.show_progress)

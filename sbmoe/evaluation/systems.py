@@ -12,6 +12,8 @@ from ..bm25.engines import BM25Config, Bm25sIndex, LuceneBM25, bm25_index_dir, e
 from ..bm25.fusion import fuse
 from ..data import BeirDataset
 from ..index.faiss_index import DenseIndex, IndexMeta, index_meta_for
+from ..models.backend_choice import announce, choose
+from ..models.choices import AUTO
 from ..models.embedding_cache import CorpusEmbeddingCache, EncoderFacts, EncoderMemo, queries_fingerprint
 from ..models.encoder import EncoderConfig, load_encoder
 from ..runs import Run
@@ -56,6 +58,8 @@ def dense_system(
             state["facts"] = known or EncoderFacts.of(encoder())
             if memo is not None and known is None:
                 memo.put(config, state["facts"])
+            elif known is not None and config.backend == AUTO:  # the line a load would print (load_encoder)
+                announce(config.model, choose(AUTO, config.model, config.device))
         return state["facts"]
 
     def retrieve(dataset: BeirDataset, queries: dict[str, str], k: int) -> Run:
@@ -96,7 +100,8 @@ def dense_system(
         """Provenance of the system: the encoder's fingerprint and settings, known without loading it."""
         known = facts()
         loaded = state["model"]
-        return {"model": config.model, "fingerprint": known.model_fingerprint, "backend": config.backend,
+        return {"model": config.model, "fingerprint": known.model_fingerprint, "backend": known.backend,
+                "backend_option": config.backend,
                 "device": str(loaded.device) if loaded is not None else None, "pooling": config.pooling,
                 "max_length": known.max_length, "normalize": config.normalize, "similarity": known.similarity,
                 "similarity_overridden": config.similarity is not None, "prompts": known.prompts}

@@ -186,7 +186,8 @@ def build_routed_model(config: RoutedConfig) -> Path:
     folders = {name: Path(folder) for name, folder in config.experts.items()}
     records = [read_expert(folder) for folder in folders.values()]
     names = list(folders)
-    base = load_encoder(EncoderConfig(model=records[0]["base_model"], batch_size=config.batch_size))
+    base = load_encoder(EncoderConfig(model=records[0]["base_model"], batch_size=config.batch_size,
+                                      backend="torch"))  # its torch fingerprint is the one the experts record
     fingerprint = model_fingerprint(base)
     for name, record in zip(names, records, strict=True):
         if record["kind"] != "lora":

@@ -156,7 +156,8 @@ def train_expert(config: ExpertConfig, base: SentenceTransformer | None = None) 
     output = Path(config.output)
     if output.exists() and not config.overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
-    base = base if base is not None else load_encoder(EncoderConfig(model=config.model, batch_size=config.batch_size))
+    base = base if base is not None else load_encoder(EncoderConfig(model=config.model, batch_size=config.batch_size,
+                                                                    backend="torch"))  # the adapters train on it
     similarity = declared_similarity(base)
     if similarity not in ("cosine", "dot"):
         raise ValueError(f"model {config.model} declares similarity_fn_name {similarity!r}; a query expert trains "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import distributed
 from ..data import BeirDataset
+from ..models.choices import AUTO
 from ..models.embedding_cache import CorpusEmbeddingCache
 from ..models.encoder import EncoderConfig, load_encoder
 from .faiss_index import DenseIndex, index_meta_for
@@ -86,7 +87,10 @@ def build_index(config: IndexConfig, model: SentenceTransformer | None = None) -
     from ..models.encoding import embedding_key
 
     dataset = BeirDataset.open(config.dataset)
-    model = model if model is not None else load_encoder(config.encoder)
+    encoder = config.encoder
+    if encoder.backend == AUTO and (config.devices or distributed.world_size() > 1):
+        encoder = replace(encoder, backend="torch")  # the model moves to each device, which only torch's can do
+    model = model if model is not None else load_encoder(encoder)
     meta = index_meta_for(model, config.encoder.model, config.factory)
     check_searchable(meta.similarity, config.encoder.model)  # before any encoding
     meta.corpus_fingerprint = dataset.corpus_fingerprint()

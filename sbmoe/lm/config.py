@@ -65,3 +65,4 @@ class LMTrainConfig:
     init_from: Path | None = None  # start from this run folder's weights (e.g. a baseline -> pre-gated)
     device: str = "cpu"  # where the model trains ("cuda" on a GPU); checkpoints are written device-free
     corpus: str = "scifact"  # the text it trains on (``sbmoe.lm.data.CORPORA``), kept in the checkpoint
+    final_eval_tokens: int = 0  # the final perplexities read this many tokens of each split (0: all), kept too

@@ -74,13 +74,18 @@ def routing_summary(model: MoELM, digits: int | None = None) -> dict[str, list]:
             "distinct_combinations": [s.distinct_combinations for s in stats]}
 
 
-def evaluate_final(model: MoELM, corpus: LMCorpus, batch_size: int = 16) -> dict[str, Any]:
-    """Perplexity on the whole held-out split (with its routing statistics) and on each WikiText-2 split."""
+def evaluate_final(model: MoELM, corpus: LMCorpus, batch_size: int = 16, max_tokens: int = 0) -> dict[str, Any]:
+    """Perplexity on the held-out split (with its routing statistics) and on each WikiText-2 split: whole, or
+    their first ``max_tokens`` tokens (a quick look at a run; the figures then say less)."""
+
+    def head(tokens: torch.Tensor) -> torch.Tensor:
+        return (tokens[:max_tokens + 1] if max_tokens else tokens).long()
+
     model.reset_routing_stats()
-    result: dict[str, Any] = {"val_ppl": model.perplexity(corpus.validation.long(), batch_size)}
+    result: dict[str, Any] = {"val_ppl": model.perplexity(head(corpus.validation), batch_size)}
     routing = routing_summary(model)  # read before the WikiText passes add their routing
     for name, tokens in corpus.ood.items():
-        result[f"{name}_ppl"] = model.perplexity(tokens.long(), batch_size)
+        result[f"{name}_ppl"] = model.perplexity(head(tokens), batch_size)
     return {**result, **routing}
 
 
@@ -197,7 +202,7 @@ def train_and_evaluate(config: LMTrainConfig) -> dict[str, Any]:
     corpus = LMCorpus.build(vocab_size=config.model.vocab_size, tokenizer_path=tokenizer, corpus=config.corpus)
     config.model.vocab_size = corpus.vocab_size
     model, _ = train_lm(config, corpus)
-    return evaluate_final(model, corpus)
+    return evaluate_final(model, corpus, max_tokens=config.final_eval_tokens)
 
 
 def evaluate_saved(output: Path) -> dict[str, Any]:
@@ -206,4 +211,5 @@ def evaluate_saved(output: Path) -> dict[str, Any]:
     tokenizer = Path(output) / TOKENIZER
     if not tokenizer.is_file():
         raise FileNotFoundError(f"{tokenizer}: not found (the model was not trained with `sbmoe lm train`)")
-    return evaluate_final(trained.model, LMCorpus.build(tokenizer_path=tokenizer, corpus=trained.corpus))
+    return evaluate_final(trained.model, LMCorpus.build(tokenizer_path=tokenizer, corpus=trained.corpus),
+                          max_tokens=int(trained.config.get("final_eval_tokens", 0)))

@@ -126,17 +126,19 @@ class EncoderFacts:
     similarity: str = "cosine"
     prompts: dict[str, str] = field(default_factory=dict)  # {"query", "document"} as applied
     document_fingerprint: str = ""  # the document side's (a routed model's base); "" = model_fingerprint
+    graph: str = ""  # the ONNX graph file that runs the Transformer; "" under torch
 
     @classmethod
     def of(cls, model: SentenceTransformer) -> EncoderFacts:
         from .declared import declared_prompts, declared_similarity
         from .fingerprint import document_fingerprint, model_fingerprint
-        from .onnx_backend import backend_of
+        from .onnx_backend import backend_of, graph_of
         from .pipeline import normalizes, pooling_mode
 
+        graph = graph_of(model)
         return cls(model_fingerprint(model), pooling_mode(model), model.max_seq_length,
                    model.get_embedding_dimension(), normalizes(model), backend_of(model), declared_similarity(model),
-                   declared_prompts(model), document_fingerprint(model))
+                   declared_prompts(model), document_fingerprint(model), str(graph.absolute()) if graph else "")
 
     def key(self, content_fingerprint: str) -> EmbeddingKey:
         """The cache key of a corpus (``dataset.corpus_fingerprint()``) or query set (``queries_fingerprint``):
@@ -149,10 +151,14 @@ class EncoderFacts:
 
 class EncoderMemo:
     """Facts of encoders loaded before, keyed by the model folder's files (names, sizes, mtimes) and the loading
-    options, so that a warm ``sbmoe eval`` finds its cache entries without loading and hashing the weights.
+    options, so that a warm ``sbmoe eval`` finds its cache entries without loading and hashing the weights, or
+    opening an ONNX Runtime session.
 
-    Only local model folders under the torch backend are memoised: a hub id has no files here to watch, and an
-    ONNX backend may export its graph on load. Any change to the folder's files gives a new signature (a miss).
+    Only local model folders are memoised: a hub id has no files here to watch. Any change to the folder's files
+    gives a new signature (a miss). Under an ONNX backend the embeddings also depend on the graph, which may sit
+    in the export cache outside the folder: the entry records the graph's path, size and mtime, and a graph that
+    is gone or rewritten (a new export, a new recipe, a new int8 file) makes the entry a miss; the graph's
+    sha256 is part of the model fingerprint the entry holds, so a reloaded model keys new cache entries.
     """
 
     def __init__(self, root: Path | None = None) -> None:
@@ -164,34 +170,65 @@ class EncoderMemo:
             return None
         try:
             raw = json.loads((self.root / f"{signature}.json").read_text(encoding="utf-8"))
-            return EncoderFacts(**raw)
+            stamp = raw.pop("graph_stamp", None)
+            facts = EncoderFacts(**raw)
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, OSError) as exc:  # a damaged entry is a miss; the next load rewrites it
             logger.warning("encoder memo %s unreadable (%s): the model is loaded", signature, reason_of(exc))
             return None
+        if facts.graph and (stamp is None or file_stamp(Path(facts.graph)) != stamp):
+            return None  # the graph was removed or rebuilt: load, and describe the new one
+        return facts
 
     def put(self, config: EncoderConfig, facts: EncoderFacts) -> None:
+        """Remember ``facts`` for ``config``; not those of a load that fell back from the backend ``auto`` resolves
+        to (a failed export), which the next load may not repeat."""
         signature = encoder_signature(config)
-        if signature is not None:
-            write_json(self.root / f"{signature}.json", asdict(facts))
+        if signature is None or facts.backend != resolved_backend(config):
+            return
+        entry = asdict(facts)
+        if facts.graph:
+            entry["graph_stamp"] = file_stamp(Path(facts.graph))
+        write_json(self.root / f"{signature}.json", entry)
+
+
+def file_stamp(path: Path) -> list[int] | None:
+    """[size, mtime in ns] of a file, None when it is gone: what tells a rewritten graph from the one described."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def resolved_backend(config: EncoderConfig) -> str | None:
+    """The backend a load of ``config`` runs in, ``auto`` resolved from the model folder's files as ``load_encoder``
+    resolves it; None for an unknown backend name or model."""
+    from .aliases import ModelLoadError
+    from .backend_choice import choose
+
+    try:
+        return choose(config.backend, config.model, config.device).backend
+    except (ModelLoadError, ValueError):
+        return None
 
 
 def encoder_signature(config: EncoderConfig) -> str | None:
-    """sha256 of a local model folder's file list (path, size, mtime) and the options that change embeddings;
-    None where no such signature exists (hub ids, non-torch backends)."""
+    """sha256 of a local model folder's file list (path, size, mtime) and the options that change embeddings,
+    ``auto`` resolved as ``load_encoder`` would resolve it; None where no such signature exists (hub ids)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from ..version import __version__
     from .aliases import ModelLoadError, resolve_model_name
+    from .backend_choice import onnxruntime_version
 
-    if config.backend != "torch":
-        return None
     try:
         folder = Path(resolve_model_name(config.model)).resolve()
     except ModelLoadError:
         return None
-    if not folder.is_dir():
+    backend = resolved_backend(config)
+    if not folder.is_dir() or backend is None:
         return None
     files = []
     for path in sorted(folder.rglob("*")):
@@ -204,8 +241,11 @@ def encoder_signature(config: EncoderConfig) -> str | None:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
+    if backend != "torch":
+        versions["onnxruntime"] = onnxruntime_version()
     described = {"folder": str(folder), "files": files, "pooling": config.pooling, "max_length": config.max_length,
-                 "normalize": config.normalize, "backend": config.backend, "similarity": config.similarity,
+                 "normalize": config.normalize, "backend": config.backend, "resolved_backend": backend,
+                 "similarity": config.similarity,
                  "query_prompt": config.query_prompt, "document_prompt": config.document_prompt,
                  "versions": versions}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()[:32]

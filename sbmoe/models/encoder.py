@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .aliases import ModelLoadError, offline_models, resolve_model_name
-from .choices import BACKENDS
+from .choices import AUTO, BACKENDS
 from .model_files import damaged_file
 
 if TYPE_CHECKING:  # torch and sentence-transformers load on the first encoder, not with the config
@@ -32,7 +32,8 @@ class EncoderConfig:
     normalize: bool | None = None
     batch_size: int = 64
     device: str | None = None
-    backend: str = "torch"  # torch | onnx | onnx-int8 (ONNX Runtime on the CPU, see models/onnx_backend.py)
+    backend: str = AUTO  # auto | torch | onnx | onnx-int8: auto is ONNX Runtime fp32 on the CPU where it is
+    # installed, else torch (models/backend_choice.py); pass "torch" for a model to train, save or export
     similarity: str | None = None  # cosine | dot | euclidean | manhattan (None: the model's similarity_fn_name)
     query_prompt: str | None = None  # None: the model's declared "query" prompt
     document_prompt: str | None = None  # None: the model's declared "document" prompt
@@ -66,17 +67,24 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
         raise ModelLoadError(f"unknown pooling {config.pooling!r}; choose one of {', '.join(POOLING_MODES)}")
     if config.backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+    from .backend_choice import NO_TRANSFORMER, BackendChoice, announce, resolve_backend
+
+    target = resolve_model_name(config.model)
+    is_local = Path(target).exists()
+    try:
+        choice = resolve_backend(config.backend, config.device, Path(target) if is_local else None)
+    except ValueError as exc:  # an unknown name in $SBMOE_BACKEND
+        raise ModelLoadError(str(exc)) from None
     from sentence_transformers import SentenceTransformer
 
     from .declared import SIMILARITIES, apply_declarations
     from .onnx_backend import use_onnx
+    from .onnx_child import OnnxExportError
     from .pipeline import replace_pooling, set_normalize
 
     if config.similarity is not None and config.similarity not in SIMILARITIES:
         raise ModelLoadError(f"unknown similarity {config.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
 
-    target = resolve_model_name(config.model)
-    is_local = Path(target).exists()
     try:
         if is_local and not (Path(target) / "modules.json").is_file():
             model = _plain_hf_encoder(target, config)
@@ -94,8 +102,18 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
             f"cannot load model {config.model!r} ({target}): {str(exc).splitlines()[0]} "
             f"Available offline: {offline}, or any local model directory."
         ) from exc
-    if config.backend != "torch":
-        use_onnx(model, target, config.backend)
+    if choice.backend != "torch":
+        if config.backend == AUTO and not hasattr(model[0], "auto_model"):  # a hub model of another kind
+            choice = BackendChoice("torch", NO_TRANSFORMER)
+        else:
+            try:
+                use_onnx(model, target, choice.backend)
+            except OnnxExportError as exc:  # chosen: one line; auto: the job goes on in torch and says why
+                if config.backend != AUTO:
+                    raise
+                choice = BackendChoice("torch", f"the ONNX export failed: {exc.reason}")
+    if config.backend == AUTO:
+        announce(config.model, choice)
     if config.pooling is not None:
         replace_pooling(model, config.pooling)
     if config.normalize is not None:

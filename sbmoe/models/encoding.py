@@ -14,7 +14,7 @@ from sentence_transformers.sentence_transformer.modules import Router
 from tqdm.auto import tqdm
 
 from ..data import BeirDataset
-from ..memory import trim_heap
+from ..memory import HeapGuard, trim_heap
 from .declared import declared_similarity, task_prompt
 from .embedding_cache import CorpusEmbeddingCache, EmbeddingKey
 from .fingerprint import document_fingerprint
@@ -48,6 +48,9 @@ class TokenizedTexts:
         types: list[np.ndarray] = []
         lengths: list[int] = []
         with_types = True
+        # the tokenizer's freed blocks would otherwise stay with the process (memory.py); a few texts (queries, a
+        # served request) leave little, and a trim would also return the activations the next batch reuses
+        trim = trim_heap if len(texts) >= TOKENIZE_BLOCK else lambda: False
         for start in range(0, len(texts), TOKENIZE_BLOCK):
             encoded = tokenizer(list(texts[start:start + TOKENIZE_BLOCK]), truncation=True, max_length=max_length)
             with_types = with_types and "token_type_ids" in encoded
@@ -57,13 +60,13 @@ class TokenizedTexts:
                 if with_types:
                     types.append(np.asarray(encoded["token_type_ids"][row], dtype=np.int8))
             del encoded
-            trim_heap()  # the tokenizer's freed blocks would otherwise stay with the process (memory.py)
+            trim()
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         flat_types = np.concatenate(types) if with_types and types else None
         tokens = cls(np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets, flat_types)
         del ids, types
-        trim_heap()
+        trim()
         return tokens
 
     def pad(self, rows: np.ndarray, pad_id: int, left: bool, prompt_length: int | None = None) -> dict:
@@ -143,11 +146,13 @@ def encode_texts(
     takes_task = any(isinstance(m, Router) or "task" in getattr(m, "forward_kwargs", ()) for m in model.children())
     route = {"task": task} if task and takes_task else {}  # a Router or a routed encoder reads it (top level)
     bar = progress or tqdm(total=len(texts), desc="Encoding", unit="doc", disable=not show_progress)
+    guard = HeapGuard()  # freed activations stay for the next batch; a trim only if RSS really grew (memory.py)
     for rows in token_budget_batches(tokens.lengths, batch_size, max_tokens):
         features = tokens.pad(rows, pad_id, left, prompt_length)
         features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         out[rows] = model(features, **route)["sentence_embedding"].float().cpu().numpy()
         bar.update(len(rows))
+        guard.check()
     if progress is None:
         bar.close()
     return out
@@ -181,6 +186,7 @@ def encode_corpus(
             doc_ids.extend(doc.doc_id for doc in chunk)
             parts.append(encode_texts(model, [doc.as_text() for doc in chunk], batch_size, progress=bar,
                                       task="document"))
+            trim_heap()  # a stage boundary: the chunk's texts and activations go back to the system
     embeddings = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if cache is not None and key is not None:
         cache.put(key, doc_ids, embeddings)

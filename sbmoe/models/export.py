@@ -40,7 +40,7 @@ def export_model(config: ExportConfig) -> Path:
     output = Path(config.output)
     if output.exists() and not config.overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
-    model = load_encoder(EncoderConfig(model=config.model))
+    model = load_encoder(EncoderConfig(model=config.model, backend="torch"))  # saved and exported: torch weights
     with atomic_dir(output, overwrite=config.overwrite) as tmp:
         model.save(str(tmp))
         write_onnx_files(model, tmp, config.quantize)

@@ -2,7 +2,8 @@
 
 sentence-transformers' own ``backend="onnx"`` needs Optimum, which does not install beside transformers 5,
 so sbmoe runs the same file (``onnx/model.onnx`` in the model folder, same inputs and output) itself.
-A folder without the file gets one exported into ``$SBMOE_CACHE/onnx/<recipe>/<model fingerprint>/`` on first use.
+A folder without the file gets one exported into ``$SBMOE_CACHE/onnx/<recipe>/<model fingerprint>/`` on first use,
+by a child process (``onnx_child``), so that the export's memory never adds to the job's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ..atomic import corrupt_artifact
 from ..data import cache_root
 from .choices import BACKENDS
 from .fingerprint import model_fingerprint
-from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE, export_transformer, quantize_int8
+from .onnx_child import build_graphs
+from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE
 
 _FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
 
@@ -31,15 +33,18 @@ class OnnxTransformer(nn.Module):
 
     It keeps the tokenizer and ``max_seq_length`` (the pipeline's tokenization is unchanged) and holds no
     torch weights; its config names the graph file's sha256, so the model fingerprint (embedding cache,
-    index metadata) tells an fp32 graph, an int8 graph and the torch weights apart.
+    index metadata) tells an fp32 graph, an int8 graph and the torch weights apart. ``text_module``, the
+    Transformer it replaced with its weights on the meta device, tokenizes for sentence-transformers' own
+    ``encode`` (sbmoe's encoding tokenizes by itself).
     """
 
     def __init__(self, path: Path, tokenizer: Any, max_seq_length: int | None, dim: int,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, text_module: nn.Module | None = None) -> None:
         super().__init__()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ORT's default, stated
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.enable_mem_pattern = False  # planned buffers for the largest batch cost ~250 MB of peak RSS
@@ -60,6 +65,15 @@ class OnnxTransformer(nn.Module):
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
         self.dim = dim
+        self._text = (text_module,)  # in a tuple: not a submodule, so no state, device or fingerprint of its own
+
+    def preprocess(self, inputs: Any, prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Token features as the replaced Transformer makes them (``SentenceTransformer.encode`` calls this)."""
+        text = self._text[0]
+        if text is None:
+            raise TypeError("this ONNX pipeline has no tokenizing module: encode with sbmoe.models.encoding")
+        text.max_seq_length = self.max_seq_length  # set on the pipeline after loading (--max-length)
+        return text.preprocess(inputs, prompt=prompt, **kwargs)
 
     def forward(self, features: dict[str, Any], **_: Any) -> dict[str, Any]:
         feed = {name: features[name].cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
@@ -81,21 +95,24 @@ def backend_of(model: SentenceTransformer) -> str:
     return "onnx-int8" if first.path.name == Path(ONNX_INT8_FILE).name else "onnx"
 
 
+def graph_of(model: SentenceTransformer) -> Path | None:
+    """The ONNX graph file that runs the model's Transformer; None under torch."""
+    first = model[0]
+    return first.path if isinstance(first, OnnxTransformer) else None
+
+
 def onnx_file(model: SentenceTransformer, source: str, backend: str) -> Path:
-    """The graph for ``backend``: the model folder's own file, else one exported into the cache."""
+    """The graph for ``backend``: the model folder's own file, else the cache's, built once by a child process."""
     if backend not in _FILES:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     own = Path(source) / _FILES[backend]
     if own.is_file():
         return own
     folder = cache_root() / "onnx" / RECIPE / model_fingerprint(model)
-    fp32 = folder / ONNX_FILE
-    if not fp32.is_file():
-        export_transformer(model, fp32)
-    if backend == "onnx":
-        return fp32
-    int8 = folder / ONNX_INT8_FILE
-    return int8 if int8.is_file() else quantize_int8(fp32, int8)
+    graph = folder / _FILES[backend]
+    if not graph.is_file():
+        build_graphs(model, folder, int8=backend == "onnx-int8")
+    return graph
 
 
 def use_onnx(model: SentenceTransformer, source: str, backend: str) -> SentenceTransformer:
@@ -107,8 +124,8 @@ def use_onnx(model: SentenceTransformer, source: str, backend: str) -> SentenceT
         raise ValueError(f"the {backend} backend needs a Transformer as the first module, not {type(first).__name__}")
     path = onnx_file(model, source, backend)
     tokenizer, max_seq_length, dim = first.tokenizer, first.max_seq_length, first.get_embedding_dimension()
-    model[0] = nn.Identity()  # the torch weights go before the session loads its own copy (peak memory)
-    del first
+    model[0] = nn.Identity()
+    first.auto_model.to("meta")  # the torch weights go before the session loads its own copy (peak memory)
     gc.collect()
-    model[0] = OnnxTransformer(path, tokenizer, max_seq_length, dim)
+    model[0] = OnnxTransformer(path, tokenizer, max_seq_length, dim, text_module=first)
     return model

@@ -99,7 +99,7 @@ def quantize_lm_folder(path: Path, output: Path, config: QuantConfig, overwrite:
 
 
 def quantize_sentence_transformer(path: Path, output: Path, config: QuantConfig, overwrite: bool) -> dict[str, Any]:
-    model = load_encoder(EncoderConfig(model=str(path)))
+    model = load_encoder(EncoderConfig(model=str(path), backend="torch"))  # quantised in place: torch weights
     target = sbmoe_target(model)
     if needs_calibration(config):
         calibrate_sbmoe(model, target, calibration_texts(config))
@@ -124,7 +124,8 @@ def load_quantized(folder: str | Path, packed: bool = True) -> nn.Module:
     """A folder written by ``quantize_model``: with ``packed``, running on its packed weights (LM: attention
     and experts; sentence-transformers: encoder linears; SB-MoE head experts keep their fake-quant values)."""
     folder = Path(folder)
-    model = load_trained(folder).model if model_kind(folder) == "lm" else load_encoder(EncoderConfig(model=str(folder)))
+    model = load_trained(folder).model if model_kind(folder) == "lm" else \
+        load_encoder(EncoderConfig(model=str(folder), backend="torch"))  # the quantised torch modules themselves
     if packed:
         install_packed(model, read_checkpoint(folder / PACKED, "packed quantised weights",
                                               "rerun `sbmoe quantize` into this folder"))

@@ -156,7 +156,7 @@ def train(config: TrainConfig) -> Path:
     set_seed(config.seed)
 
     base = load_encoder(EncoderConfig(model=config.model, max_length=config.max_length,
-                                      batch_size=config.batch_size))
+                                      batch_size=config.batch_size, backend="torch"))  # trained: torch weights
     if config.normalize is not None:
         set_normalize(base, config.normalize)
     normalize = normalizes(base)

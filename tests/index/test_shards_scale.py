@@ -31,8 +31,11 @@ def cli(*args: object) -> list[str]:
 
 
 def test_killed_indexing_resumes_to_the_same_index(tiny_bert_dir: Path, scifact_dir: Path, tmp_path: Path) -> None:
-    """SciFact's 5,183 documents in 13 shards of 400; the run is SIGKILLed once three shards are complete."""
-    common = ("-m", tiny_bert_dir, "--chunk-size", "400", "-b", "50", "--no-cache", "--threads", "1")
+    """SciFact's first 1,300 documents in 13 shards of 100; the run is SIGKILLed once three shards are complete."""
+    from beir_slices import write_slice
+
+    scifact_dir = write_slice(scifact_dir, tmp_path / "scifact1300", 1300)
+    common = ("-m", tiny_bert_dir, "--chunk-size", "100", "-b", "50", "--no-cache", "--threads", "1")
     clean = tmp_path / "clean"
     subprocess.run(cli("index", scifact_dir, "-o", clean, *common), check=True, capture_output=True)
 
@@ -53,7 +56,7 @@ def test_killed_indexing_resumes_to_the_same_index(tiny_bert_dir: Path, scifact_
     assert result.returncode == 0, result.stderr
     clean_ids, clean_vectors = index_vectors(clean)
     resumed_ids, resumed_vectors = index_vectors(killed)
-    assert resumed_ids == clean_ids and len(clean_ids) == 5183
+    assert resumed_ids == clean_ids and len(clean_ids) == 1300
     assert np.array_equal(resumed_vectors, clean_vectors)
     assert not shards.exists()  # removed once the index is in place
 

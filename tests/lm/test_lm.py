@@ -78,6 +78,14 @@ def test_loss_falls_and_resume_is_exact(corpus: LMCorpus, tmp_path: Path, monkey
         assert torch.equal(a, b), name
     assert [h["val_ppl"] for h in resumed_history] == [h["val_ppl"] for h in history]
 
+    # the final evaluation reads the first N tokens of each split when told to (the CLI tests rely on it)
+    from sbmoe.lm.train import evaluate_final
+
+    short, longer = evaluate_final(clean, corpus, max_tokens=640), evaluate_final(clean, corpus, max_tokens=1280)
+    assert short["val_ppl"] == clean.perplexity(corpus.validation[:641].long()) != longer["val_ppl"]
+    for name, tokens in corpus.ood.items():
+        assert short[f"{name}_ppl"] == clean.perplexity(tokens[:641].long())
+
 
 def test_document_split_is_stable() -> None:
     assert is_held_out("4983", 0.05) == is_held_out("4983", 0.05)
@@ -92,7 +100,8 @@ def test_lm_cli_trains_resumes_and_evaluates(tmp_path: Path) -> None:
 
     args = ["lm", "train", "-o", str(tmp_path / "lm"), "--pool", "group", "--reuse", "2", "--psr", "step",
             "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--seq-len", "64", "--vocab", "400",
-            "--layers", "2", "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
+            "--layers", "2", "--d-model", "16", "--experts", "2", "--expert-hidden", "8",
+            "--final-eval-tokens", "20000"]
     runner = CliRunner()
     trained = runner.invoke(app, args)
     assert trained.exit_code == 0, trained.output
@@ -122,7 +131,7 @@ def test_lm_cli_evaluates_a_model_on_the_corpus_it_trained_on(tmp_path: Path) ->
 
     args = ["lm", "train", "-o", str(tmp_path / "lm"), "--corpus", "tinyshakespeare", "--steps", "2",
             "--eval-every", "2", "--batch-size", "2", "--seq-len", "64", "--vocab", "400", "--layers", "2",
-            "--d-model", "16", "--experts", "2", "--expert-hidden", "8"]
+            "--d-model", "16", "--experts", "2", "--expert-hidden", "8", "--final-eval-tokens", "20000"]
     runner = CliRunner()
     trained = runner.invoke(app, args)
     assert trained.exit_code == 0, trained.output
