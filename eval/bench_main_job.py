@@ -188,13 +188,7 @@ def sbmoe_run(run: str, folder: str, args: argparse.Namespace, record: dict) -> 
     time_corpus_encoding(record)
     out = Path(tempfile.mkdtemp(prefix="sbmoe-eval-"))
     app(eval_arguments(run, folder, out), standalone_mode=False)
-    report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
-    models = report["provenance"]["models"]
-    record.update(ndcg10=round(report["records"][0]["metrics"]["nDCG@10"], 4),
-                  backend=next(iter(models.values())).get("backend"))
-    from sbmoe.data import BeirDataset
-
-    record["documents"] = BeirDataset.open(folder).corpus_size()
+    record.update(run_outcome(out, folder))
 
 
 def short_texts_run(run: str, name: str, args: argparse.Namespace, record: dict) -> None:
@@ -270,15 +264,14 @@ def cli_command(run: str, folder: str, out: Path) -> list[str]:
     return head + eval_arguments(run, folder, out)
 
 
-def cli_outcome(out: Path, folder: str) -> dict:
-    """nDCG@10, backend and corpus size from the report a CLI run wrote."""
+def run_outcome(out: Path, folder: str) -> dict:
+    """nDCG@10, backend and corpus size from the report an sbmoe run wrote into ``out``."""
     from sbmoe.data import BeirDataset
 
     report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     models = report["provenance"]["models"]
     return {"ndcg10": round(report["records"][0]["metrics"]["nDCG@10"], 4),
-            "backend": next(iter(models.values())).get("backend"), "documents": BeirDataset.open(folder).corpus_size(),
-            "timed": "the sbmoe console script"}
+            "backend": next(iter(models.values())).get("backend"), "documents": BeirDataset.open(folder).corpus_size()}
 
 
 def measured(command: list[str], env: dict, timeout: float) -> dict:
@@ -448,7 +441,8 @@ def main() -> None:
                         # the README command itself, as a user runs it: nothing else to time
                         report = work / "warm-report"
                         usage = measured(cli_command(run, folder, report), env, args.timeout)
-                        inner = cli_outcome(report, folder) if usage["exit"] == 0 else {}
+                        inner = ({**run_outcome(report, folder), "timed": "the sbmoe console script"}
+                                 if usage["exit"] == 0 else {})
                     else:
                         usage = measured([sys.executable, __file__, "--cell", json.dumps(spec)], env, args.timeout)
                         inner = json.loads(Path(spec["out"]).read_text()) if Path(spec["out"]).is_file() else {}

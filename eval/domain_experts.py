@@ -371,7 +371,7 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
         if not (OUT / "cells" / f"{base}__docs.json").exists():
             for name in DOMAINS + ZERO_SHOT:
                 plan[f"{base}__docs-{name}"] = round(docs_l3 * scale / len(DOMAINS + ZERO_SHOT), 1)
-        plan[f"{base}__lr"] = round(sum(minutes(("medquad",), 1) * 3000 / PAIRS["medquad"] for _ in LRS), 1)
+        plan[f"{base}__lr"] = round(len(LRS) * minutes(("medquad",), 1) * 3000 / PAIRS["medquad"], 1)
         for seed in seeds:
             for expert in (*DOMAINS, "multitask"):
                 domains = DOMAINS if expert == "multitask" else (expert,)
