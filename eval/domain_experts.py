@@ -6,6 +6,7 @@ A resumable grid of cells, each at most ~45 minutes on the 2-core CPU, results i
     <base>__lr                       the LoRA lr, picked once per base on MedQuAD dev (3,000 training queries)
     <base>__s<seed>__<expert>        one LoRA expert: scifact, medquad, squad, or multitask (their union)
     <base>__s<seed>__eval            the routed model and every arm on the seven test sets
+    <base>__s<seed>__sbmoe           today's best SB-MoE head (scaled gate) trained on the union, both sides
 
 Experts, routed models and embeddings live under eval/runs/domain_experts and eval/cache (not committed). A cell
 is skipped when its JSON exists; ``--budget-min`` stops before a cell that the plan says would not finish.
@@ -101,18 +102,22 @@ class TestSets:
         from sbmoe.models.encoding import encode_corpus
 
         self.sets = {}
+        self.vectors = {}  # raw base document embeddings, by set
         for name in names:
             dataset = BeirDataset.open(name)
             doc_ids, vectors = encode_corpus(base, dataset, 64, cache=CorpusEmbeddingCache(), show_progress=False)
             queries, qrels = test_queries(name)
             index = DenseIndex.from_embeddings(vectors, doc_ids, index_meta_for(base, "base"))
             self.sets[name] = (dataset, queries, qrels, index)
+            self.vectors[name] = vectors
 
-    def score(self, name: str, vectors) -> dict:
-        """Per-query nDCG@10 (list in qid order) and the means of METRICS."""
+    def score(self, name: str, vectors, index=None) -> dict:
+        """Per-query nDCG@10 (list in qid order) and the means of METRICS; ``index``: documents other than the
+        base's embeddings (a two-sided head's)."""
         from sbmoe.evaluation.metrics import per_query_table
 
-        dataset, queries, qrels, index = self.sets[name]
+        dataset, queries, qrels, own = self.sets[name]
+        index = index or own
         qids = list(queries)
         run = index.run(qids, vectors, 100, drop_self_hits=dataset.drop_self_hits)
         table = per_query_table(qrels, run, list(METRICS))
@@ -252,6 +257,66 @@ def eval_cell(base: str, seed: int) -> dict | None:
                                                          .read_text()), "results": results}
 
 
+SBMOE_EPOCHS = 30  # the paper's head recipe (HeadTrainConfig's default), on the union's pairs
+
+
+def sbmoe_cell(base: str, seed: int) -> dict:
+    """Today's best SB-MoE head (the scaled gate, E = 6; sbmoe_zero_shot.md) trained on the multi-task expert's
+    pairs (the union, the same dev hold-out) over frozen, cached base embeddings, on both sides, scored by the
+    base's similarity at its temperature; evaluated with top-1 and dense inference on every test set. The encoder
+    stays frozen because the two-sided fine-tune would re-embed all seven test corpora for every seed (62 min for
+    minilm-l3, ~2 h for minilm), more than the whole grid's budget allows."""
+    import torch
+
+    from sbmoe.experts.data import base_query_vectors, build_expert_data
+    from sbmoe.index.faiss_index import DenseIndex, index_meta_for
+    from sbmoe.index.similarity import prepare_vectors
+    from sbmoe.models.declared import declared_similarity
+    from sbmoe.models.embedding_cache import CorpusEmbeddingCache
+    from sbmoe.training.config import TrainConfig
+    from sbmoe.training.embedding_head import HeadTrainConfig, apply_head, parameter_shift, train_head
+    from sbmoe.training.trainer import make_heads
+
+    started = time.perf_counter()
+    model = load_base(base)
+    similarity = declared_similarity(model)
+    cache = CorpusEmbeddingCache()
+    data = build_expert_data(model, DOMAINS, max_queries=MAX_QUERIES, seed=seed, show_progress=False)
+    texts = sorted(set(data.queries))
+    row_of = {t: i for i, t in enumerate(texts)}
+    queries = prepare_vectors(base_query_vectors(model, {str(i): t for i, t in enumerate(texts)}, 64, cache),
+                              similarity)
+    pairs = np.stack([[row_of[t] for t in data.queries], data.positives], axis=1)
+    config = TrainConfig(model=base, gate="scaled", moe="top1", seed=seed)
+    torch.manual_seed(seed)
+    head = make_heads(config, queries.shape[1])
+    before = {n: p.detach().clone() for n, p in head.named_parameters()}
+    train_config = HeadTrainConfig(temperature=0.05 if similarity == "cosine" else 1.0, seed=seed,
+                                   epochs=SBMOE_EPOCHS, normalize=similarity == "cosine")
+    trained = time.perf_counter()
+    losses = train_head(head, torch_of(queries), torch_of(data.documents), pairs, train_config)
+    train_seconds = time.perf_counter() - trained
+    sets = TestSets(model, DOMAINS + ZERO_SHOT)
+    results: dict[str, dict] = {}
+    usage: dict[str, dict] = {}
+    for s, (_, test, _, own) in sets.sets.items():
+        raw = torch_of(prepare_vectors(base_query_vectors(model, test, 64, cache), similarity))
+        docs = torch_of(prepare_vectors(sets.vectors[s], similarity))
+        with torch.no_grad():
+            top = head.route(raw, "top1").weights.argmax(dim=1)  # each query's expert: the usage shares
+            usage[s] = [round(float(v), 4) for v in torch.bincount(top, minlength=config.experts) / len(top)]
+            for mode in ("top1", "all"):
+                index = DenseIndex.from_embeddings(apply_head(head, docs, mode).numpy(), own.doc_ids,
+                                                   index_meta_for(model, "base"))
+                results.setdefault(f"sbmoe:{mode}", {})[s] = sets.score(s, apply_head(head, raw, mode).numpy(),
+                                                                        index)
+    return {"base": base, "seed": seed, "gate": config.gate, "experts": config.experts, "epochs": SBMOE_EPOCHS,
+            "pairs": len(pairs), "temperature": train_config.temperature, "normalize": train_config.normalize,
+            "loss": [round(v, 4) for v in losses], "shift": parameter_shift(before, head),
+            "train_seconds": round(train_seconds, 1), "minutes": round((time.perf_counter() - started) / 60, 2),
+            "query_usage": usage, "results": results}
+
+
 def torch_of(array):
     import torch
 
@@ -283,10 +348,12 @@ def cells(bases: list[str], seeds: list[int]) -> list[tuple[str, object]]:
             for expert in (*DOMAINS, "multitask"):
                 out.append((f"{base}__s{seed}__{expert}", lambda b=base, s=seed, e=expert: expert_cell(b, s, e)))
             out.append((f"{base}__s{seed}__eval", lambda b=base, s=seed: eval_cell(b, s)))
+            out.append((f"{base}__s{seed}__sbmoe", lambda b=base, s=seed: sbmoe_cell(b, s)))
     return out
 
 
 PAIRS = {"scifact": 730, "medquad": 12650, "squad": 20000}  # training pairs after dev queries and MAX_QUERIES
+SBMOE_PLAN_MINUTES = 6.0  # minilm-l3: union query encoding, 30 head epochs on cached embeddings, 14 searches
 TIMING_STEPS = 16  # steps per timed expert (the first is warm-up and not counted)
 TIMING_QUERIES = 64 * TIMING_STEPS + 64  # training queries the timed expert samples (mining scales with them)
 
@@ -334,9 +401,9 @@ def time_experts(bases: list[str], domains: tuple[str, ...] = DOMAINS) -> dict:
 
 
 def write_plan(bases: list[str], seeds: list[int]) -> dict:
-    """Minutes per cell: measured where the cell ran, else estimated from the measured seconds per training step
-    and per query pass of minilm-l3 (scaled by layer count for the other base), with 30% for dev evaluations,
-    mining and loading; written to plan.json and plan.md."""
+    """Minutes per cell, estimated from the timed seconds per step and setup per query (step_times.json) plus a
+    per-epoch overhead fitted on the finished expert cells, and measured where the cell ran; written to plan.json
+    and plan.md."""
     done = {p.stem: json.loads(p.read_text()) for p in (OUT / "cells").glob("*.json")}
     timing_file = OUT / "step_times.json"
     if not timing_file.exists():
@@ -354,6 +421,7 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
             own.setdefault(domain, {k: round(v * ratio, 5) for k, v in reference[domain].items()} | {"scaled": True})
         timing["times"][base] = own
     docs_l3 = done["minilm-l3__docs"]["cell_minutes"]
+    epoch_minutes = epoch_overhead(done, timing["times"])
     plan: dict[str, float] = {}
     for base in bases:
         times = timing["times"][base]
@@ -361,12 +429,9 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
 
         def minutes(domains: tuple[str, ...], epochs: int, t: dict = times) -> float:
             """Training steps at each domain's measured step time, plus setup per training query, plus a dev
-            evaluation and a checkpoint per epoch (one minute)."""
-            pairs = {d: PAIRS[d] for d in domains}
-            steps = sum(pairs.values()) // 64 * epochs
-            step = sum(t[d]["step_seconds"] * n for d, n in pairs.items()) / sum(pairs.values())
-            setup = sum(t[d]["setup_seconds_per_query"] * n for d, n in pairs.items())
-            return round((steps * step + setup) / 60 + epochs, 1)
+            evaluation and a checkpoint per epoch (``epoch_minutes``, fitted on the finished expert cells)."""
+            steps, step, setup = training_cost(domains, epochs, t)
+            return round((steps * step + setup) / 60 + epochs * epoch_minutes, 1)
 
         if not (OUT / "cells" / f"{base}__docs.json").exists():
             for name in DOMAINS + ZERO_SHOT:
@@ -377,11 +442,13 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
                 domains = DOMAINS if expert == "multitask" else (expert,)
                 plan[f"{base}__s{seed}__{expert}"] = minutes(domains, EPOCHS[expert])
             plan[f"{base}__s{seed}__eval"] = round(12 * scale, 1)
+            plan[f"{base}__s{seed}__sbmoe"] = round(SBMOE_PLAN_MINUTES * scale, 1)
+    estimates = dict(plan)
     for name, cell in done.items():
         plan[name] = cell.get("cell_minutes", plan.get(name))
     total = sum(v for v in plan.values() if v)
-    write_json_file(OUT / "plan.json", {"cells": plan, "step_times": timing["times"],
-                                        "total_minutes": round(total, 1)})
+    write_json_file(OUT / "plan.json", {"cells": plan, "estimates": estimates, "step_times": timing["times"],
+                                        "epoch_minutes": round(epoch_minutes, 3), "total_minutes": round(total, 1)})
     lines = ["# Domain experts: cost plan", "",
              f"Seconds per training step of 64 queries and setup (base encoding, mining) per training query, "
              f"timed alone on a 2-core CPU (flags {', '.join(timing['machine']['flags'])}) by "
@@ -393,13 +460,43 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
                                                  f"{times[d]['setup_seconds_per_query'] * 1e3:.1f} ms/q"
                                                  + (" (scaled)" if times[d].get("scaled") else "")
                                                  for d in DOMAINS) + " |")
-    lines += ["", "A cell's minutes are measured once it has run (marked ✓), else estimated: steps x seconds per step "
-              "+ setup per training query + one minute per epoch (dev evaluation, checkpoint).", "",
-              "| cell | minutes | |", "|---|---|---|"]
-    lines += [f"| {name} | {minutes} | {'✓' if name in done else ''} |" for name, minutes in plan.items()]
+    lines += ["", "A cell's minutes are estimated as steps x seconds per step + setup per training query + "
+              f"{epoch_minutes:.2f} min per epoch (dev evaluation, checkpoint: fitted on the finished expert cells), "
+              "and measured once it has run (✓).", "",
+              "| cell | estimated | measured | measured / estimated |", "|---|---|---|---|"]
+    lines += [f"| {name} | {estimates.get(name, '')} | {plan[name] if name in done else ''} | "
+              + (f"{plan[name] / estimates[name]:.2f}" if name in done and estimates.get(name) else "") + " |"
+              for name in plan]
     lines += ["", f"Total: {total / 60:.1f} h ({sum(1 for n in plan if n in done)} of {len(plan)} cells done)."]
     (OUT / "plan.md").write_text("\n".join(lines) + "\n")
     return plan
+
+
+def training_cost(domains: tuple[str, ...], epochs: int, times: dict) -> tuple[int, float, float]:
+    """(steps, seconds per step, setup seconds) of an expert on ``domains`` for ``epochs``, from step_times."""
+    pairs = {d: PAIRS[d] for d in domains}
+    steps = sum(pairs.values()) // 64 * epochs
+    step = sum(times[d]["step_seconds"] * n for d, n in pairs.items()) / sum(pairs.values())
+    setup = sum(times[d]["setup_seconds_per_query"] * n for d, n in pairs.items())
+    return steps, step, setup
+
+
+def epoch_overhead(done: dict[str, dict], times: dict[str, dict]) -> float:
+    """Minutes per epoch beyond the training steps and setup (dev evaluation, checkpoint), the median over the
+    finished expert cells that ran uncontended (a cell whose steps took over twice the timed step ran beside other
+    work); 1.0 before any has run."""
+    values = []
+    for name, cell in done.items():
+        parts = name.split("__")
+        if len(parts) != 3 or parts[2] not in (*DOMAINS, "multitask") or parts[0] not in times:
+            continue
+        domains = DOMAINS if parts[2] == "multitask" else (parts[2],)
+        epochs = EPOCHS[parts[2]]
+        steps, step, setup = training_cost(domains, epochs, times[parts[0]])
+        if cell.get("train_seconds") and cell["train_seconds"] > 2 * steps * step:
+            continue
+        values.append((cell["cell_minutes"] - (steps * step + setup) / 60) / epochs)
+    return max(float(np.median(values)), 0.0) if values else 1.0
 
 
 def write_json_file(path: Path, value: dict) -> None:
@@ -424,7 +521,7 @@ def run(bases: list[str], seeds: list[int], budget_min: float, threads: int) -> 
         if cell_file(name).exists():
             continue
         planned = planned_minutes(name)
-        if planned is not None and "__docs" not in name and not name.endswith(("__lr", "__eval")):
+        if planned is not None and "__docs" not in name and not name.endswith(("__lr", "__eval", "__sbmoe")):
             planned = min(planned, SLICE_MINUTES + 5)  # an expert runs in slices that resume
         if planned is not None and time.time() + planned * 60 > deadline:
             left = (deadline - time.time()) / 60

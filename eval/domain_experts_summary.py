@@ -17,7 +17,7 @@ import numpy as np
 
 ZERO = "zero-shot mean"
 IN = "in-domain mean"
-HEADLINE_ARMS = ("base", "expert:multitask", "routed:pilot", "routed:average", "routed:gate", "oracle",
+HEADLINE_ARMS = ("base", "expert:multitask", "sbmoe:all", "routed:pilot", "routed:average", "routed:gate", "oracle",
                  "best-per-query")
 
 
@@ -26,10 +26,11 @@ def load_cells(out: Path) -> dict[str, dict]:
 
 
 def arm_tables(cells: dict[str, dict], base: str) -> dict[str, list[dict]]:
-    """arm -> one table per seed: {dataset: {"nDCG@10", "R@100", "per_query"}}."""
+    """arm -> one table per seed: {dataset: {"nDCG@10", "R@100", "per_query"}} (the eval cells' arms and the SB-MoE
+    head's cells)."""
     arms: dict[str, list[dict]] = {}
     for name, cell in cells.items():
-        if name.startswith(f"{base}__s") and name.endswith("__eval"):
+        if name.startswith(f"{base}__s") and name.endswith(("__eval", "__sbmoe")):
             for arm, table in cell["results"].items():
                 arms.setdefault(arm, []).append(table)
     return arms
@@ -113,7 +114,10 @@ def summarize(out: Path) -> dict:
             "routing_accuracy": [c["routing_accuracy"] for c in evals],
             "expert_usage": [c["expert_usage"] for c in evals],
             "expert_minutes": {n: c["minutes"] for n, c in sorted(
-                (k, v) for k, v in cells.items() if k.startswith(f"{base}__s") and not k.endswith("__eval"))},
+                (k, v) for k, v in cells.items()
+                if k.startswith(f"{base}__s") and not k.endswith(("__eval", "__sbmoe")))},
+            "sbmoe_head": [{k: c[k] for k in ("seed", "gate", "experts", "epochs", "pairs", "shift", "query_usage")}
+                           for n, c in sorted(cells.items()) if n.startswith(f"{base}__s") and n.endswith("__sbmoe")],
             "docs": cells.get(f"{base}__docs", {}).get("encode_minutes"),
             "lr": cells.get(f"{base}__lr", {}).get("lr"),
         }
@@ -136,14 +140,48 @@ def summarize(out: Path) -> dict:
                 cells_text.append(f"{mean:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "") + mark)
             lines.append(f"| {arm} ({row['seeds']}) | " + " | ".join(cells_text) + " |")
         lines += ["", "† differs from the multi-task expert (p < 0.05, randomization, Holm).", ""]
+        heads = summary["bases"][base]["sbmoe_head"]
+        if heads:
+            lines += ["`sbmoe:top1` / `sbmoe:all`: the SB-MoE head that did best on SciFact (the scaled gate, E = "
+                      f"{heads[0]['experts']}; [sbmoe_zero_shot.md](../sbmoe_zero_shot.md)) trained on the multi-task "
+                      f"expert's {heads[0]['pairs']:,} pairs over frozen base embeddings, on queries and documents "
+                      f"({heads[0]['epochs']} epochs, in-batch negatives, cosine at temperature 0.05), read with top-1 "
+                      "and with dense routing; its router moved by " + ", ".join(
+                          f"{h['shift']['router']:.2f}" for h in heads) + " and its experts by " + ", ".join(
+                          f"{h['shift']['experts']:.2f}" for h in heads) + " of their initial norm (per seed).", ""]
         for record in summary["bases"][base]["routing_accuracy"]:
             lines.append("Routing accuracy (share of in-domain test queries sent to their own expert): " + "; ".join(
                 f"{mode}: " + ", ".join(f"{d} {v:.2f}" for d, v in acc.items()) for mode, acc in record.items()))
         lines.append("")
+    lines += cost_lines(out, cells)
     (out / "domain_experts.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "domain_experts.md").write_text("\n".join(lines) + "\n")
     plot(summary, out / "domain_experts.png")
     return summary
+
+
+def cost_lines(out: Path, cells: dict[str, dict]) -> list[str]:
+    """Minutes per finished cell against the plan's estimate, and the routed model's query latency."""
+    lines = ["## Cost", ""]
+    plan_file = out / "plan.json"
+    if plan_file.exists():
+        estimates = json.loads(plan_file.read_text()).get("estimates", {})
+        pairs = [(n, c["cell_minutes"], estimates[n]) for n, c in cells.items()
+                 if "cell_minutes" in c and estimates.get(n)]
+        if pairs:
+            measured, estimated = sum(p[1] for p in pairs), sum(p[2] for p in pairs)
+            lines += [f"{len(pairs)} finished cells took {measured:.0f} min against {estimated:.0f} min estimated "
+                      f"({measured / estimated:.2f}x; per cell {min(p[1] / p[2] for p in pairs):.2f}x to "
+                      f"{max(p[1] / p[2] for p in pairs):.2f}x): [plan.md](plan.md).", ""]
+    latency_file = out / "latency.json"
+    if latency_file.exists():
+        latency = json.loads(latency_file.read_text())
+        stats = latency["stats"]
+        lines += [f"Query latency, one query at a time ({latency['base_model']}, {latency['dataset']}, "
+                  f"{latency['backend']}): base p50 {stats['base']['p50_ms']:.1f} ms; " + ", ".join(
+                      f"{m} {v['p50_ms']:.1f} ms ({v['p50_over_base']:.2f}x)" for m, v in stats.items() if m != "base")
+                  + " ([latency.md](latency.md)).", ""]
+    return lines
 
 
 def plot(summary: dict, path: Path) -> None:

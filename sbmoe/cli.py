@@ -430,6 +430,9 @@ def serve_command(
     """Serve index folders over HTTP (Anserini's REST API, batched search, /metrics, /docs, MCP at /mcp) or
     MCP over stdio. Loopback only unless a bearer token is set; SIGHUP (or POST /admin/reload) reloads the
     folders without downtime; SIGTERM drains and exits 0."""
+    # idle encoder threads sleep instead of spinning: the event loop and the clients share the cores with them
+    # (torch's OpenMP reads this when it starts; ONNX Runtime sessions follow it too); OMP_WAIT_POLICY=ACTIVE wins
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     set_threads(threads)
     limits = Limits(max_body_bytes=max_body_bytes, max_query_tokens=max_query_tokens, max_queries=max_queries,
                     max_k=max_k, request_timeout_s=request_timeout, body_timeout_s=body_timeout, max_queue=max_queue,

@@ -13,6 +13,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # What the default backend ``auto`` stands for: each test has its own cache, where ONNX Runtime (auto's choice on
 # the CPU) would export a graph per test; tests of ``auto`` itself remove the variable.
 os.environ.setdefault("SBMOE_BACKEND", "torch")
+# The suite runs in pytest-xdist workers (pyproject: one per core, whole modules per worker); each computes with one
+# thread, so the workers never oversubscribe the cores (the subprocesses tests start inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,15 @@ the encoder reads a query, which is why the LoRA expert is the main arm.
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+BASE_ROWS = "__base__"  # peft's name for "no adapter" in a mixed batch
 EXPERT_FILE = "expert.json"  # kind, base model and its fingerprint, similarity, training record
 POOLED_FILE = "pooled_adapter.safetensors"
 
@@ -41,6 +45,31 @@ def add_lora(auto_model: nn.Module, name: str, rank: int, alpha: int, dropout: f
     return trainable
 
 
+def lora_layers(auto_model: nn.Module) -> list[nn.Module]:
+    """The encoder's LoRA-wrapped layers (peft's ``LoraLayer``), in module order."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in auto_model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextmanager
+def rows_through(layers: Sequence[nn.Module], names: Sequence[str]) -> Iterator[None]:
+    """Within the block, row i of every batch passes through adapter ``names[i]`` (``BASE_ROWS``: the base weights
+    alone), by peft's mixed-batch LoRA forward. Nothing is switched: ``set_adapter`` and ``disable_adapters`` walk
+    every module and reset every adapter weight's ``requires_grad`` on each call, milliseconds per query."""
+    names = list(names)
+
+    def inject(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "adapter_names": names}
+
+    handles = [layer.register_forward_pre_hook(inject, with_kwargs=True) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def save_lora(auto_model: nn.Module, name: str, folder: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -58,7 +87,9 @@ def load_lora(auto_model: nn.Module, name: str, folder: Path) -> None:
 
     config = LoraConfig.from_pretrained(str(folder))
     config.inference_mode = True
-    auto_model.add_adapter(config, adapter_name=name)
+    with warnings.catch_warnings():  # several named adapters on one encoder is the design, not a slip
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        auto_model.add_adapter(config, adapter_name=name)
     result = set_peft_model_state_dict(auto_model, load_file(str(folder / "adapter_model.safetensors")),
                                        adapter_name=name)
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sentence_transformers.sentence_transformer.modules import Transformer
 from torch import nn
 
-from .adapters import EXPERT_FILE, load_lora, read_expert
+from .adapters import BASE_ROWS, EXPERT_FILE, load_lora, lora_layers, read_expert, rows_through
 from .config import ROUTING_MODES
 
 ROUTING_FILE = "routing.json"
@@ -112,6 +112,9 @@ class RoutedTransformer(nn.Module):
                 raise ValueError(f"{folder / 'experts' / name / EXPERT_FILE}: a routed model holds LoRA experts; "
                                  f"{name!r} is a {record['kind']} expert")
             load_lora(self.transformer.auto_model, name, folder / "experts" / name)
+        if self.expert_names:
+            self.transformer.auto_model.enable_adapters()  # mixed batches pick their adapters row by row
+        self._lora = lora_layers(self.transformer.auto_model)
         self.tables = RoutingTables.load(folder)
         self.mode = mode or info["mode"]
         if self.mode not in ROUTING_MODES:
@@ -140,15 +143,13 @@ class RoutedTransformer(nn.Module):
     def get_config_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "experts": self.expert_names, "max_seq_length": self.max_seq_length}
 
-    def base_pass(self, features: dict[str, Any]) -> dict[str, Any]:
-        has_adapters = getattr(self.transformer.auto_model, "_hf_peft_config_loaded", False)
-        if has_adapters:
-            self.transformer.auto_model.disable_adapters()
-        try:
+    def pass_through(self, features: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """The Transformer's pass with row i through expert ``names[i]`` (``BASE_ROWS``: the base encoder)."""
+        with rows_through(self._lora, names):
             return self.transformer(dict(features))
-        finally:
-            if has_adapters:
-                self.transformer.auto_model.enable_adapters()
+
+    def base_pass(self, features: dict[str, Any]) -> dict[str, Any]:
+        return self.pass_through(features, [BASE_ROWS] * len(features["input_ids"]))
 
     def route(self, features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
         """The base pass and the (queries, experts) weights of the current mode."""
@@ -161,6 +162,11 @@ class RoutedTransformer(nn.Module):
             return self.base_pass(features)
         out, weights = self.route(features)
         self.last_choice = weights.argmax(dim=-1)
+        if bool(((weights > 0).sum(dim=-1) == 1).all()):  # one expert per query: a single mixed-batch pass
+            expert_out = self.pass_through(features, [self.expert_names[i] for i in self.last_choice.tolist()])
+            out["token_embeddings"] = expert_out["token_embeddings"] * weights.max(dim=-1).values[:, None, None] \
+                .to(expert_out["token_embeddings"].dtype)
+            return out
         tokens = torch.zeros_like(out["token_embeddings"])
         for number, name in enumerate(self.expert_names):
             rows = torch.nonzero(weights[:, number] > 0).flatten()
@@ -168,8 +174,7 @@ class RoutedTransformer(nn.Module):
                 continue
             part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == len(weights) else v
                     for k, v in features.items()}
-            self.transformer.auto_model.set_adapter(name)
-            expert_tokens = self.transformer(part)["token_embeddings"]
+            expert_tokens = self.pass_through(part, [name] * len(rows))["token_embeddings"]
             tokens[rows] += weights[rows, number, None, None].to(tokens.dtype) * expert_tokens
         out["token_embeddings"] = tokens
         return out

@@ -135,7 +135,8 @@ def encode_texts(
     out = np.empty((len(texts), dim), dtype=np.float32)
     if not texts:
         return out
-    model.eval()
+    if any(m.training for m in model.modules()):  # eval() sets an attribute on every module: ms per call
+        model.eval()
     tokenizer = model.tokenizer
     prompt = task_prompt(model, task) if prompt is None else prompt
     if prompt:

@@ -22,13 +22,17 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     """sha256 over the pipeline's module types, their configs, max length and every weight's bytes.
 
     Two models give the same fingerprint exactly when they compute the same embeddings, whatever
-    name or path they were loaded from; a fine-tuned copy of a model gets a new one.
+    name or path they were loaded from; a fine-tuned copy of a model gets a new one. A layer that peft wrapped
+    for an adapter and left behind when the adapter was deleted computes what it did before, so its weights
+    count under their original names (``query.base_layer.weight`` as ``query.weight``); adapter weights that
+    remain are hashed like any other.
     """
     digest = hashlib.sha256()
     layout = [(type(m).__name__, _module_config(m)) for m in model]
     digest.update(json.dumps({"modules": layout, "max_seq_length": model.max_seq_length},
                              sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    weights = {name.replace(".base_layer.", "."): tensor for name, tensor in model.state_dict().items()}
+    for name, tensor in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())

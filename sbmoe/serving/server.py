@@ -42,6 +42,7 @@ def uvicorn_config(app: Any, config: ServeConfig) -> Any:
     import uvicorn
 
     return uvicorn.Config(app, log_config=None, access_log=False, server_header=False, lifespan="on",
+                          http="h11",  # h11 bounds the request line and headers (httptools, if installed, does not)
                           h11_max_incomplete_event_size=config.limits.max_body_bytes,
                           timeout_graceful_shutdown=int(config.limits.request_timeout_s) + 5,
                           timeout_keep_alive=5)

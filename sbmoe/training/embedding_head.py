@@ -24,7 +24,8 @@ from ..models.sbmoe_head import SBMoEHead
 @dataclass
 class HeadTrainConfig:
     """The paper's recipe for the head: AdamW (weight decay 0.01) at lr 1e-4, constant, batch 64,
-    30 epochs, in-batch negatives, temperature 1 over dot products."""
+    30 epochs, in-batch negatives, temperature 1 over dot products. ``normalize`` scores the head's outputs
+    by cosine instead (a model that declares cosine is searched that way; pair it with a temperature ~0.05)."""
 
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -33,6 +34,7 @@ class HeadTrainConfig:
     temperature: float = 1.0
     seed: int = 0
     head_side: str = "both"  # both: one head for queries and documents; query: documents stay as encoded
+    normalize: bool = False
 
 
 def no_duplicate_batches(query_rows: np.ndarray, doc_rows: np.ndarray, batch_size: int,
@@ -65,6 +67,8 @@ def step_loss(head: SBMoEHead, queries: Tensor, docs: Tensor, config: HeadTrainC
     """In-batch ranking loss (query i's positive is document i) plus the head's auxiliary loss."""
     q = apply_head(head, queries)
     d = apply_head(head, docs) if config.head_side == "both" else docs
+    if config.normalize:
+        q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
     loss = F.cross_entropy(q @ d.T / config.temperature, torch.arange(len(q)))
     aux = head.pop_aux_loss()
     return loss if aux is None else loss + aux

@@ -154,6 +154,31 @@ def test_average_is_the_mean_of_the_experts(routed: Path, domains: dict) -> None
     torch.testing.assert_close(mixed, sum(parts) / len(parts), rtol=1e-5, atol=1e-6)
 
 
+def test_a_mixed_batch_gives_each_query_its_own_experts_pass(routed: Path, domains: dict) -> None:
+    model = load_encoder(EncoderConfig(model=str(routed)))
+    module = model[0]
+    module.mode = "supervised"
+    queries = [q for pair in zip(texts(domains["aero"], "test")[:4], texts(domains["bio"], "test")[:4],
+                                 strict=True) for q in pair]  # the two domains interleaved in one batch
+    features = dict(model.preprocess(queries))
+    with torch.no_grad():
+        mixed = module(dict(features), task="query")["token_embeddings"]
+        base = module(dict(features), task="document")["token_embeddings"]
+        choice = module.last_choice.tolist()
+        assert len(set(choice)) == 2  # both experts in the batch: the rows must not share one pass
+        auto = module.transformer.auto_model
+        own = {}
+        for name in module.expert_names:  # the reference: each expert switched on alone, the whole batch
+            auto.set_adapter(name)
+            own[name] = module.transformer(dict(features))["token_embeddings"]
+        auto.disable_adapters()
+        plain = module.transformer(dict(features))["token_embeddings"]
+        auto.enable_adapters()
+    expected = torch.stack([own[module.expert_names[c]][i] for i, c in enumerate(choice)])
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(base, plain, rtol=0, atol=0)
+
+
 def test_routed_model_reloads_in_a_fresh_process_with_the_same_rankings(routed: Path, domains: dict,
                                                                         tmp_path: Path) -> None:
     from sbmoe.index.builder import IndexConfig, build_index

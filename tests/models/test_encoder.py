@@ -76,6 +76,23 @@ def test_overrides_change_the_fingerprint(tiny_bert_dir: Path) -> None:
     assert base != model_fingerprint(load_encoder(EncoderConfig(model=str(tiny_bert_dir), max_length=32)))
 
 
+def test_a_deleted_adapter_gives_the_base_fingerprint_back(tiny_bert_dir: Path) -> None:
+    from peft import LoraConfig
+
+    model = load_encoder(EncoderConfig(model=str(tiny_bert_dir), backend="torch"))
+    base = model_fingerprint(model)
+    before = encode_texts(model, TEXTS[:3], 8)
+    auto = model[0].auto_model
+    auto.add_adapter(LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False), adapter_name="x")
+    auto.set_adapter("x")
+    assert model_fingerprint(model) != base  # live adapter weights count
+    assert not np.allclose(encode_texts(model, TEXTS[:3], 8), before)
+    auto.delete_adapter("x")
+    assert any(".base_layer." in name for name in model.state_dict())  # peft's wrappers stay behind
+    np.testing.assert_array_equal(encode_texts(model, TEXTS[:3], 8), before)
+    assert model_fingerprint(model) == base
+
+
 def test_hub_alias_offline_fails_with_one_line_listing_offline_models() -> None:
     with pytest.raises(ModelLoadError) as info:
         load_encoder(EncoderConfig(model="tinybert"))

@@ -30,18 +30,25 @@ def test_batches_cover_every_pair_once_without_duplicates() -> None:
         assert len(set(queries[batch])) == len(batch) and len(set(docs[batch])) == len(batch)
 
 
-def test_step_loss_equals_a_float64_loop() -> None:
+@pytest.mark.parametrize("normalize", [False, True])
+def test_step_loss_equals_a_float64_loop(normalize: bool) -> None:
     torch.manual_seed(0)
     head = SBMoEHead(8, 3, gate="dense", noisy=False).eval()  # deterministic routing for the reference
     queries, docs = torch.randn(5, 8), torch.randn(5, 8)
-    config = HeadTrainConfig(temperature=0.5)
+    temperature = 0.05 if normalize else 0.5
+    config = HeadTrainConfig(temperature=temperature, normalize=normalize)
     loss = step_loss(head, queries, docs, config)
     with torch.no_grad():
         q = apply_head(head, queries).double()
         d = apply_head(head, docs).double()
     reference = 0.0
     for i in range(5):
-        scores = [float(q[i] @ d[j]) / 0.5 for j in range(5)]
+        scores = []
+        for j in range(5):
+            dot = float(q[i] @ d[j])
+            if normalize:
+                dot /= math.sqrt(float(q[i] @ q[i]) * float(d[j] @ d[j]))
+            scores.append(dot / temperature)
         reference += -scores[i] + math.log(sum(math.exp(s) for s in scores))
     assert loss.item() == pytest.approx(reference / 5, rel=1e-5)
 
