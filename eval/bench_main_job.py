@@ -49,7 +49,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "minilm"
-SBMOE_RUNS = {"sbmoe-auto": None, "sbmoe-torch": "torch", "sbmoe-onnx": "onnx", "sbmoe-onnx-int8": "onnx-int8"}
+SBMOE_RUNS = {"sbmoe-auto": None, "sbmoe-torch": "torch", "sbmoe-onnx": "onnx", "sbmoe-onnx-int8": "onnx-int8",
+              "sbmoe-torch-bf16": "torch-bf16"}
 ST_RUNS = {"st-onnx": "onnx", "st-openvino": "openvino", "st-onnx-int8": "onnx"}
 RUNS = ("beir", *ST_RUNS, *SBMOE_RUNS)
 MODES = ("cold", "warm")
@@ -298,6 +299,10 @@ def measured(command: list[str], env: dict, timeout: float) -> dict:
             "stderr_tail": [line.rstrip() for line in stderr_lines[-5:]]}
 
 
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def cpu_flags() -> list[str]:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
@@ -343,16 +348,16 @@ def table(results: dict, runs: list[str], datasets: list[str], modes: list[str])
         base = results.get(f"beir/{dataset}/cold", {}).get("wall_s")
         lines += [f"\n### {dataset}\n",
                   "| run | mode | wall s | x BEIR | peak RSS MB (job / tree) | user s | system s | sys/user "
-                  "| minor faults | docs/s | nDCG@10 | backend |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| minor faults | docs/s | nDCG@10 | backend | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for run in runs:
             for mode in modes:
                 cell = results.get(f"{run}/{dataset}/{mode}")
                 if cell is None:
                     continue
-                if "unavailable" in cell:
-                    why = cell["unavailable"].split(". ")[0][:160]
-                    lines.append(f"| {run} | {mode} | unavailable: {why} |" + " |" * 9)
+                if "unavailable" in cell or "failed" in cell:
+                    why = cell.get("unavailable", "").split(". ")[0][:160] or f"failed, {cell['failed'][-160:]}"
+                    lines.append(f"| {run} | {mode} | unavailable: {why} |" + " |" * 9 + f" {cell.get('at', '-')} |")
                     continue
                 if mode == "warm" and run in SBMOE_RUNS and not cell.get("timed"):
                     mode = "warm (in the harness)"  # a cell from before warm runs were timed as the CLI alone
@@ -363,7 +368,7 @@ def table(results: dict, runs: list[str], datasets: list[str], modes: list[str])
                              f"{cell.get('user_s', '-')} | {cell.get('system_s', '-')} | {share} | "
                              f"{cell.get('minor_faults', 0):,} | {cell.get('docs_per_s', '-')} | "
                              f"{cell.get('ndcg10') if cell.get('ndcg10') is not None else '-'} | "
-                             f"{cell.get('backend', '-')} |")
+                             f"{cell.get('backend', '-')} | {cell.get('at', '-')} |")
     return lines
 
 
@@ -375,7 +380,8 @@ def write_markdown(path: Path, results: dict, runs: list[str], datasets: list[st
             "Written by `eval/bench_main_job.py` (how each run is made and measured: its docstring). Wall time "
             "includes starting Python and loading the model; x BEIR is the ratio to BEIR's cold run on the same "
             "dataset; peak RSS of the job's process and of its whole process tree (sbmoe's export children); CPU "
-            "and page faults of the tree; docs/s of the corpus encode alone. A warm sbmoe run is the `sbmoe` "
+            "and page faults of the tree; docs/s of the corpus encode alone; measured: when the run ended (compare "
+            "ratios within one sitting: the setup lists them). A warm sbmoe run is the `sbmoe` "
             "console script alone; `warm (in the harness)` marks one timed inside the benchmark's own process "
             "(Python, its imports and the timers add about 1.5 s).", "",
             f"CPU flags: {', '.join(info['cpu_flags']) or 'none found'}  ",
@@ -412,8 +418,12 @@ def main() -> None:
 
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     cells = results.setdefault("runs", {})
+    sittings = results.get("setup", {}).get("sittings", [])
+    sittings = [sittings] if isinstance(sittings, str) else list(sittings)
+    sitting = {"started": utc_now(), "runs": runs, "datasets": datasets, "modes": modes}
+    sittings.append(sitting)  # ratios hold within one sitting: each cell says when it ran
     results["setup"] = {"threads": threads, "batch_size": args.batch_size, "limit": args.limit, "datasets": datasets,
-                        "runs": runs, "modes": modes}
+                        "runs": runs, "modes": modes, "sittings": sittings}
     results["machine"] = machine(threads)
     with tempfile.TemporaryDirectory(prefix="bench-main-job-") as tmp:
         work = Path(tmp)
@@ -449,12 +459,14 @@ def main() -> None:
                     if usage["exit"] != 0 and "unavailable" not in inner:
                         inner["failed"] = f"exit {usage['exit']}: {' / '.join(usage['stderr_tail'])}"
                     key = f"{run}/{dataset}/{mode}"
-                    cells[key] = {**usage, **inner, "mode": mode}
+                    cells[key] = {**usage, **inner, "mode": mode, "at": utc_now()}
                     print(f"{key:<40} " + json.dumps({k: v for k, v in cells[key].items() if k != "stderr_tail"}),
                           flush=True)
                     write_json(args.out, results)
+    sitting["ended"] = utc_now()
     write_json(args.out, results)
-    write_markdown(args.out.with_suffix(".md"), results, runs, datasets, modes)
+    shown = sorted({key.split("/")[1] for key in cells}, key=lambda d: (d.startswith(QUERIES_PREFIX), d))
+    write_markdown(args.out.with_suffix(".md"), results, list(RUNS), shown, list(MODES))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 

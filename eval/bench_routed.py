@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--modes", default="pilot,gate,average")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=OUT)
+    parser.add_argument("--name", default="latency", help="Output file stem (one per base model).")
     args = parser.parse_args()
 
     import torch
@@ -87,7 +88,7 @@ def main() -> int:
               "machine": machine(), "stats": stats,
               "target": {"pilot_p50_over_base": TARGET,
                          "met": stats.get("pilot", {}).get("p50_over_base", float("inf")) <= TARGET}}
-    write_json(args.output_dir / "latency.json", record)
+    write_json(args.output_dir / f"{args.name}.json", record)
     lines = ["# Routed query latency", "", f"Command: `{record['command']}`", "",
              f"{info['base_model']} with experts {', '.join(info['experts'])}; {args.queries} {args.dataset} test "
              f"queries, one at a time (encode + exact top-10 search over {len(doc_ids)} documents), torch backend, "
@@ -98,7 +99,7 @@ def main() -> int:
         lines.append(f"| {'base' if system == 'base' else 'routed: ' + system} | {s['p50_ms']:.2f} | "
                      f"{s['p95_ms']:.2f} | {s['mean_ms']:.2f} | {s.get('p50_over_base', 1.0):.2f} |")
     lines += ["", f"Target: pilot p50 <= {TARGET}x the base's: {'met' if record['target']['met'] else 'missed'}."]
-    with atomic_file(args.output_dir / "latency.md") as handle:
+    with atomic_file(args.output_dir / f"{args.name}.md") as handle:
         handle.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -512,13 +512,25 @@ def planned_minutes(name: str) -> float | None:
     return json.loads(plan.read_text()).get("cells", {}).get(name)
 
 
+def finished(name: str) -> bool:
+    """Whether a cell need not run: its JSON exists, and for an expert whose seed's eval has not run yet, its folder
+    too (the folders are machine-local: on another machine the expert is trained again for that eval)."""
+    if not cell_file(name).exists():
+        return False
+    base, *rest = name.split("__")
+    if len(rest) != 2 or rest[1] not in (*DOMAINS, "multitask"):
+        return True
+    seed = rest[0]
+    return cell_file(f"{base}__{seed}__eval").exists() or (RUNS / base / seed / rest[1] / "expert.json").is_file()
+
+
 def run(bases: list[str], seeds: list[int], budget_min: float, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     deadline = time.time() + budget_min * 60
     for name, make in cells(bases, seeds):
-        if cell_file(name).exists():
+        if finished(name):
             continue
         planned = planned_minutes(name)
         if planned is not None and "__docs" not in name and not name.endswith(("__lr", "__eval", "__sbmoe")):

@@ -70,6 +70,28 @@ def rows_through(layers: Sequence[nn.Module], names: Sequence[str]) -> Iterator[
             handle.remove()
 
 
+def merged_weights(layers: Sequence[nn.Module], name: str) -> list[nn.Parameter]:
+    """Each LoRA layer's base weight plus adapter ``name``'s update (peft's ``get_delta_weight``): a pass through the
+    base Linears with these weights is that expert's pass, at the base model's cost (no low-rank products)."""
+    with torch.no_grad():
+        return [nn.Parameter(layer.base_layer.weight + layer.get_delta_weight(name) if name in layer.lora_A
+                             else layer.base_layer.weight, requires_grad=False) for layer in layers]
+
+
+@contextmanager
+def base_weights(layers: Sequence[nn.Module], weights: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Within the block, layer i's base Linear multiplies by ``weights[i]``; its own weight is back afterwards,
+    whatever happens inside (the document pass must stay the base model's)."""
+    originals = [layer.base_layer.weight for layer in layers]
+    try:
+        for layer, weight in zip(layers, weights, strict=True):
+            layer.base_layer.weight = weight
+        yield
+    finally:
+        for layer, weight in zip(layers, originals, strict=True):
+            layer.base_layer.weight = weight
+
+
 def save_lora(auto_model: nn.Module, name: str, folder: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file

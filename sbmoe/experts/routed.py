@@ -2,7 +2,10 @@
 Transformer. Documents (task "document", or none) pass through the base encoder with every adapter off, so an
 index built with the base model serves the routed model unchanged; a query batch first passes through the base to
 be routed, then each expert encodes its share of the batch (``average`` and ``gate`` mix the experts' token
-embeddings, which mean pooling turns into the same mixture of pooled embeddings).
+embeddings, which mean pooling turns into the same mixture of pooled embeddings). A batch whose queries all go to
+one expert (a served query, one at a time) runs through that expert's weights merged into the base Linears, kept
+per expert after first use: the expert pass then costs a base pass (all-MiniLM-L6-v2 with LoRA on every Linear:
+about 40 MB per expert).
 
 Folder (inside the routed model's sentence-transformers folder)::
 
@@ -24,7 +27,16 @@ import torch.nn.functional as F
 from sentence_transformers.sentence_transformer.modules import Transformer
 from torch import nn
 
-from .adapters import BASE_ROWS, EXPERT_FILE, load_lora, lora_layers, read_expert, rows_through
+from .adapters import (
+    BASE_ROWS,
+    EXPERT_FILE,
+    base_weights,
+    load_lora,
+    lora_layers,
+    merged_weights,
+    read_expert,
+    rows_through,
+)
 from .config import ROUTING_MODES
 
 ROUTING_FILE = "routing.json"
@@ -120,6 +132,7 @@ class RoutedTransformer(nn.Module):
         if self.mode not in ROUTING_MODES:
             raise ValueError(f"unknown routing mode {self.mode!r}; choose one of {', '.join(ROUTING_MODES)}")
         self.last_choice: torch.Tensor | None = None  # the expert each query of the last batch went to
+        self._merged: dict[str, list[nn.Parameter]] = {}  # a plain dict: no state, fingerprint or device of its own
 
     # what sentence-transformers and sbmoe read off the first module
     @property
@@ -151,6 +164,22 @@ class RoutedTransformer(nn.Module):
     def base_pass(self, features: dict[str, Any]) -> dict[str, Any]:
         return self.pass_through(features, [BASE_ROWS] * len(features["input_ids"]))
 
+    def merged_pass(self, features: dict[str, Any], name: str) -> dict[str, Any]:
+        """Expert ``name``'s pass for the whole batch through its merged weights (the mixed-batch pass adds two
+        low-rank products and a scatter per Linear and row group)."""
+        if name not in self._merged:
+            self._merged[name] = merged_weights(self._lora, name)
+        with base_weights(self._lora, self._merged[name]):
+            return self.base_pass(features)
+
+    def train(self, mode: bool = True) -> RoutedTransformer:
+        self._merged.clear()  # weights about to change: merge them again when next used
+        return super().train(mode)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> RoutedTransformer:
+        self._merged.clear()  # another device or dtype: merge them again there
+        return super()._apply(fn, *args, **kwargs)
+
     def route(self, features: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
         """The base pass and the (queries, experts) weights of the current mode."""
         out = self.base_pass(features)
@@ -162,8 +191,10 @@ class RoutedTransformer(nn.Module):
             return self.base_pass(features)
         out, weights = self.route(features)
         self.last_choice = weights.argmax(dim=-1)
-        if bool(((weights > 0).sum(dim=-1) == 1).all()):  # one expert per query: a single mixed-batch pass
-            expert_out = self.pass_through(features, [self.expert_names[i] for i in self.last_choice.tolist()])
+        if bool(((weights > 0).sum(dim=-1) == 1).all()):  # one expert per query: a single pass
+            chosen = [self.expert_names[i] for i in self.last_choice.tolist()]
+            single = len(set(chosen)) == 1 and not torch.is_grad_enabled()
+            expert_out = self.merged_pass(features, chosen[0]) if single else self.pass_through(features, chosen)
             out["token_embeddings"] = expert_out["token_embeddings"] * weights.max(dim=-1).values[:, None, None] \
                 .to(expert_out["token_embeddings"].dtype)
             return out
@@ -174,7 +205,9 @@ class RoutedTransformer(nn.Module):
                 continue
             part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == len(weights) else v
                     for k, v in features.items()}
-            expert_tokens = self.pass_through(part, [name] * len(rows))["token_embeddings"]
+            expert_out = self.pass_through(part, [name] * len(rows)) if torch.is_grad_enabled() \
+                else self.merged_pass(part, name)
+            expert_tokens = expert_out["token_embeddings"]
             tokens[rows] += weights[rows, number, None, None].to(tokens.dtype) * expert_tokens
         out["token_embeddings"] = tokens
         return out

@@ -7,7 +7,8 @@ torch or sentence-transformers; ``sbmoe_head`` and ``onnx_backend`` use (and re-
 from __future__ import annotations
 
 AUTO = "auto"  # the backend chosen for the machine (models/backend_choice.py)
-BACKENDS = (AUTO, "torch", "onnx", "onnx-int8")  # what runs the encoder: torch, or ONNX Runtime on the CPU
+TORCH_BF16 = "torch-bf16"  # opt-in: torch with bfloat16 weights and activations (a CPU with bf16 instructions)
+BACKENDS = (AUTO, "torch", "onnx", "onnx-int8", TORCH_BF16)  # what runs the encoder: torch, or ONNX Runtime on the CPU
 
 INFERENCE_MODES = ("top1", "all", "random")
 MOE_CHOICES = ("none", *INFERENCE_MODES)  # ``sbmoe train --moe``: no head, or the head's inference mode

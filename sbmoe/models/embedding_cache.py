@@ -241,7 +241,7 @@ def encoder_signature(config: EncoderConfig) -> str | None:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    if backend != "torch":
+    if backend.startswith("onnx"):
         versions["onnxruntime"] = onnxruntime_version()
     described = {"folder": str(folder), "files": files, "pooling": config.pooling, "max_length": config.max_length,
                  "normalize": config.normalize, "backend": config.backend, "resolved_backend": backend,

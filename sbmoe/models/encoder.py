@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .aliases import ModelLoadError, offline_models, resolve_model_name
-from .choices import AUTO, BACKENDS
+from .choices import AUTO, BACKENDS, TORCH_BF16
 from .model_files import damaged_file
 
 if TYPE_CHECKING:  # torch and sentence-transformers load on the first encoder, not with the config
@@ -32,8 +32,8 @@ class EncoderConfig:
     normalize: bool | None = None
     batch_size: int = 64
     device: str | None = None
-    backend: str = AUTO  # auto | torch | onnx | onnx-int8: auto is ONNX Runtime fp32 on the CPU where it is
-    # installed, else torch (models/backend_choice.py); pass "torch" for a model to train, save or export
+    backend: str = AUTO  # auto | torch | onnx | onnx-int8 | torch-bf16: auto is ONNX Runtime fp32 on the CPU where
+    # it is installed, else torch (models/backend_choice.py); pass "torch" for a model to train, save or export
     similarity: str | None = None  # cosine | dot | euclidean | manhattan (None: the model's similarity_fn_name)
     query_prompt: str | None = None  # None: the model's declared "query" prompt
     document_prompt: str | None = None  # None: the model's declared "document" prompt
@@ -102,7 +102,11 @@ def load_encoder(config: EncoderConfig) -> SentenceTransformer:
             f"cannot load model {config.model!r} ({target}): {str(exc).splitlines()[0]} "
             f"Available offline: {offline}, or any local model directory."
         ) from exc
-    if choice.backend != "torch":
+    if choice.backend == TORCH_BF16:
+        from .bf16 import use_bf16
+
+        use_bf16(model)
+    elif choice.backend != "torch":
         if config.backend == AUTO and not hasattr(model[0], "auto_model"):  # a hub model of another kind
             choice = BackendChoice("torch", NO_TRANSFORMER)
         else:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..atomic import corrupt_artifact
 from ..data import cache_root
-from .choices import BACKENDS
+from .choices import BACKENDS, TORCH_BF16
 from .fingerprint import model_fingerprint
 from .onnx_child import build_graphs
 from .onnx_export import ONNX_FILE, ONNX_INT8_FILE, RECIPE
@@ -91,10 +91,13 @@ class OnnxTransformer(nn.Module):
 
 
 def backend_of(model: SentenceTransformer) -> str:
-    """``torch``, or the ONNX backend whose session runs the model's Transformer."""
+    """``torch`` (``torch-bf16`` for bfloat16 weights), or the ONNX backend whose session runs the model's
+    Transformer."""
     first = model[0]
     if not isinstance(first, OnnxTransformer):
-        return "torch"
+        from .bf16 import is_bf16
+
+        return TORCH_BF16 if is_bf16(model) else "torch"
     return "onnx-int8" if first.path.name == Path(ONNX_INT8_FILE).name else "onnx"
 
 

@@ -146,12 +146,16 @@ def test_average_is_the_mean_of_the_experts(routed: Path, domains: dict) -> None
     features = model.preprocess(queries)
     features = {k: v for k, v in features.items()}
     module.mode = "average"
-    mixed = module(dict(features), task="query")["token_embeddings"]
+    mixed = module(dict(features), task="query")["token_embeddings"]  # with grad: each expert's low-rank pass
+    with torch.no_grad():
+        merged = module(dict(features), task="query")["token_embeddings"]  # without: its merged weights
+    assert set(module._merged) == set(module.expert_names)
     parts = []
     for name in module.expert_names:
         module.transformer.auto_model.set_adapter(name)
         parts.append(module.transformer(dict(features))["token_embeddings"])
     torch.testing.assert_close(mixed, sum(parts) / len(parts), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(merged, sum(parts) / len(parts), rtol=1e-5, atol=1e-6)
 
 
 def test_a_mixed_batch_gives_each_query_its_own_experts_pass(routed: Path, domains: dict) -> None:
@@ -177,6 +181,38 @@ def test_a_mixed_batch_gives_each_query_its_own_experts_pass(routed: Path, domai
     expected = torch.stack([own[module.expert_names[c]][i] for i, c in enumerate(choice)])
     torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(base, plain, rtol=0, atol=0)
+
+
+def test_a_batch_for_one_expert_runs_through_its_merged_weights_and_leaves_the_base_intact(routed: Path,
+                                                                                           domains: dict) -> None:
+    from sbmoe.experts.adapters import base_weights
+
+    model = load_encoder(EncoderConfig(model=str(routed)))
+    module = model[0]
+    module.mode = "supervised"
+    auto = module.transformer.auto_model
+    for domain in ("aero", "bio"):
+        features = dict(model.preprocess(texts(domains[domain], "test")[:1]))  # a served query: one at a time
+        with torch.no_grad():
+            routed_tokens = module(dict(features), task="query")["token_embeddings"]
+            name = module.expert_names[int(module.last_choice[0])]
+            assert name in module._merged  # the merged path ran
+            auto.set_adapter(name)  # the reference: the LoRA layers' own low-rank pass
+            expected = module.transformer(dict(features))["token_embeddings"]
+            auto.disable_adapters()
+            plain = module.transformer(dict(features))["token_embeddings"]
+            auto.enable_adapters()
+            after = module(dict(features), task="document")["token_embeddings"]
+        torch.testing.assert_close(routed_tokens, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(routed_tokens, plain, atol=1e-4)  # the expert moved it
+        torch.testing.assert_close(after, plain, rtol=0, atol=0)  # the base weights are back, bit for bit
+    assert set(module._merged) == set(module.expert_names)
+    original = [layer.base_layer.weight for layer in module._lora]
+    with pytest.raises(RuntimeError), base_weights(module._lora, module._merged[module.expert_names[0]]):
+        raise RuntimeError("a pass that fails half-way")
+    assert all(a is b for a, b in zip(original, (layer.base_layer.weight for layer in module._lora), strict=True))
+    model.train()
+    assert not module._merged  # weights that may change are merged again when next used
 
 
 def test_routed_model_reloads_in_a_fresh_process_with_the_same_rankings(routed: Path, domains: dict,
