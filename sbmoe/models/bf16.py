@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from sentence_transformers import SentenceTransformer
 
+from ..memory import trim_heap
 from .aliases import ModelLoadError
 from .choices import TORCH_BF16
 
@@ -38,6 +39,7 @@ def use_bf16(model: SentenceTransformer) -> SentenceTransformer:
     first = model[0]
     first.to(torch.bfloat16)
     first.register_forward_hook(_token_embeddings_to_fp32)
+    trim_heap()  # the fp32 weights just freed go back to the system, not into the encode's heap
     return model
 
 
