@@ -18,17 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "domain_experts"
 os.environ.setdefault("SBMOE_CACHE", str(HERE / "cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGET = 2.2  # pilot p50 / base p50
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def main() -> int:
@@ -47,6 +41,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from domain_experts import machine
+    from report import percentile
 
     from sbmoe.atomic import atomic_file, write_json
     from sbmoe.data import BeirDataset

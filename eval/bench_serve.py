@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from report import command_line, machine_line
+from report import command_line, machine_line, percentile
 
 from sbmoe.atomic import atomic_file, write_json
 
@@ -43,10 +42,6 @@ TARGETS = {"c1_p50_over_inprocess": 2.0, "qps32_over_qps1": 4.0, "p99_at_32_ms":
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 K = 10
 BATCH_CEILING = 32  # queries per in-process search call when measuring the ceiling
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def cpu_description() -> dict[str, object]:

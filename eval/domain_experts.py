@@ -472,6 +472,14 @@ def write_plan(bases: list[str], seeds: list[int]) -> dict:
     return plan
 
 
+def expert_cell_parts(name: str) -> tuple[str, str, str] | None:
+    """(base, "s<seed>", expert) of an expert cell's name (``<base>__s<seed>__<expert>``); None for other cells."""
+    parts = name.split("__")
+    if len(parts) != 3 or parts[2] not in (*DOMAINS, "multitask"):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 def training_cost(domains: tuple[str, ...], epochs: int, times: dict) -> tuple[int, float, float]:
     """(steps, seconds per step, setup seconds) of an expert on ``domains`` for ``epochs``, from step_times."""
     pairs = {d: PAIRS[d] for d in domains}
@@ -487,12 +495,13 @@ def epoch_overhead(done: dict[str, dict], times: dict[str, dict]) -> float:
     work); 1.0 before any has run."""
     values = []
     for name, cell in done.items():
-        parts = name.split("__")
-        if len(parts) != 3 or parts[2] not in (*DOMAINS, "multitask") or parts[0] not in times:
+        parts = expert_cell_parts(name)
+        if parts is None or parts[0] not in times:
             continue
-        domains = DOMAINS if parts[2] == "multitask" else (parts[2],)
-        epochs = EPOCHS[parts[2]]
-        steps, step, setup = training_cost(domains, epochs, times[parts[0]])
+        base, _, expert = parts
+        domains = DOMAINS if expert == "multitask" else (expert,)
+        epochs = EPOCHS[expert]
+        steps, step, setup = training_cost(domains, epochs, times[base])
         if cell.get("train_seconds") and cell["train_seconds"] > 2 * steps * step:
             continue
         values.append((cell["cell_minutes"] - (steps * step + setup) / 60) / epochs)
@@ -517,11 +526,11 @@ def finished(name: str) -> bool:
     too (the folders are machine-local: on another machine the expert is trained again for that eval)."""
     if not cell_file(name).exists():
         return False
-    base, *rest = name.split("__")
-    if len(rest) != 2 or rest[1] not in (*DOMAINS, "multitask"):
+    parts = expert_cell_parts(name)
+    if parts is None:
         return True
-    seed = rest[0]
-    return cell_file(f"{base}__{seed}__eval").exists() or (RUNS / base / seed / rest[1] / "expert.json").is_file()
+    base, seed, expert = parts
+    return cell_file(f"{base}__{seed}__eval").exists() or (RUNS / base / seed / expert / "expert.json").is_file()
 
 
 def run(bases: list[str], seeds: list[int], budget_min: float, threads: int) -> None:

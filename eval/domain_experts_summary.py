@@ -173,14 +173,13 @@ def cost_lines(out: Path, cells: dict[str, dict]) -> list[str]:
             lines += [f"{len(pairs)} finished cells took {measured:.0f} min against {estimated:.0f} min estimated "
                       f"({measured / estimated:.2f}x; per cell {min(p[1] / p[2] for p in pairs):.2f}x to "
                       f"{max(p[1] / p[2] for p in pairs):.2f}x): [plan.md](plan.md).", ""]
-    latency_file = out / "latency.json"
-    if latency_file.exists():
+    for latency_file in sorted(out.glob("latency*.json")):  # one per base model (bench_routed.py --name)
         latency = json.loads(latency_file.read_text())
         stats = latency["stats"]
         lines += [f"Query latency, one query at a time ({latency['base_model']}, {latency['dataset']}, "
                   f"{latency['backend']}): base p50 {stats['base']['p50_ms']:.1f} ms; " + ", ".join(
                       f"{m} {v['p50_ms']:.1f} ms ({v['p50_over_base']:.2f}x)" for m, v in stats.items() if m != "base")
-                  + " ([latency.md](latency.md)).", ""]
+                  + f" ([{latency_file.stem}.md]({latency_file.stem}.md)).", ""]
     return lines
 
 

@@ -1,4 +1,5 @@
-"""Helpers the eval scripts share: mean ± std cells, atomic PNG writing, a time budget, the machine line."""
+"""Helpers the eval scripts share: mean ± std cells, latency percentiles, atomic PNG writing, a time budget, the
+machine line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sbmoe.atomic import atomic_file
@@ -18,6 +20,11 @@ def mean_std(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of latencies (NaN for none)."""
+    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def command_line(script: str, args: argparse.Namespace) -> str:

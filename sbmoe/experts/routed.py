@@ -172,6 +172,13 @@ class RoutedTransformer(nn.Module):
         with base_weights(self._lora, self._merged[name]):
             return self.base_pass(features)
 
+    def expert_pass(self, features: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """Row i through expert ``names[i]``: one expert's merged weights where the whole batch goes to it and no
+        gradient is wanted (the merged copies are constants), else peft's mixed-batch pass."""
+        if len(set(names)) == 1 and not torch.is_grad_enabled():
+            return self.merged_pass(features, names[0])
+        return self.pass_through(features, names)
+
     def train(self, mode: bool = True) -> RoutedTransformer:
         self._merged.clear()  # weights about to change: merge them again when next used
         return super().train(mode)
@@ -192,9 +199,7 @@ class RoutedTransformer(nn.Module):
         out, weights = self.route(features)
         self.last_choice = weights.argmax(dim=-1)
         if bool(((weights > 0).sum(dim=-1) == 1).all()):  # one expert per query: a single pass
-            chosen = [self.expert_names[i] for i in self.last_choice.tolist()]
-            single = len(set(chosen)) == 1 and not torch.is_grad_enabled()
-            expert_out = self.merged_pass(features, chosen[0]) if single else self.pass_through(features, chosen)
+            expert_out = self.expert_pass(features, [self.expert_names[i] for i in self.last_choice.tolist()])
             out["token_embeddings"] = expert_out["token_embeddings"] * weights.max(dim=-1).values[:, None, None] \
                 .to(expert_out["token_embeddings"].dtype)
             return out
@@ -205,9 +210,7 @@ class RoutedTransformer(nn.Module):
                 continue
             part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == len(weights) else v
                     for k, v in features.items()}
-            expert_out = self.pass_through(part, [name] * len(rows)) if torch.is_grad_enabled() \
-                else self.merged_pass(part, name)
-            expert_tokens = expert_out["token_embeddings"]
+            expert_tokens = self.expert_pass(part, [name] * len(rows))["token_embeddings"]
             tokens[rows] += weights[rows, number, None, None].to(tokens.dtype) * expert_tokens
         out["token_embeddings"] = tokens
         return out

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..atomic import corrupt_artifact
 from ..data import cache_root
+from .bf16 import is_bf16
 from .choices import BACKENDS, TORCH_BF16
 from .fingerprint import model_fingerprint
 from .onnx_child import build_graphs
@@ -95,8 +96,6 @@ def backend_of(model: SentenceTransformer) -> str:
     Transformer."""
     first = model[0]
     if not isinstance(first, OnnxTransformer):
-        from .bf16 import is_bf16
-
         return TORCH_BF16 if is_bf16(model) else "torch"
     return "onnx-int8" if first.path.name == Path(ONNX_INT8_FILE).name else "onnx"
 
